@@ -1,0 +1,21 @@
+"""Runtimes that execute HLO modules: `xla-cpu` (default), `xla-gpu`, and `neuron` (see `hlo.runtime.neuron`)."""
+
+from __future__ import annotations
+
+from hlo.runtime.base import DeviceTensor, PerRank, Program, Runtime, RuntimeInputError
+
+BACKENDS = ("xla-cpu", "xla-gpu", "neuron")
+
+
+def get_runtime(backend: str = "xla-cpu", tp_degree: int = 1, cache_dir=None) -> Runtime:
+    """A runtime for `backend` with `tp_degree` ranks. jaxlib is imported only here, on first use."""
+    if backend in ("xla-cpu", "xla-gpu"):
+        from hlo.runtime.xla import XlaRuntime
+        return XlaRuntime(backend, tp_degree, cache_dir)
+    if backend == "neuron":
+        from hlo.runtime.neuron import NeuronRuntime
+        return NeuronRuntime(tp_degree, cache_dir)
+    raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+
+
+__all__ = ["BACKENDS", "DeviceTensor", "PerRank", "Program", "Runtime", "RuntimeInputError", "get_runtime"]

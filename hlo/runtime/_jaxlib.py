@@ -1,0 +1,84 @@
+"""Every private jax/jaxlib entry point the runtimes use, in one place, so that a jax upgrade touches one file.
+
+Pinned against jax/jaxlib 0.10.2. The route: HloModuleProto bytes -> StableHLO (`hlo_to_stablehlo`) -> PJRT
+`compile_and_load` with `num_replicas = tp` -> `execute_sharded` over one buffer per replica.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+import jax
+from jax._src import xla_bridge
+from jax._src.lib import _jax
+from jax._src.lib import xla_client as xc
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+XlaRuntimeError = xc.XlaRuntimeError
+
+# Enough virtual CPU devices for tp_degree up to 16 (NLLB has 16 heads). Asked for before jax starts its CPU backend.
+DEFAULT_CPU_DEVICES = 16
+
+
+def backends_started() -> bool:
+    return bool(xla_bridge._backends)
+
+
+def request_cpu_devices(count: int) -> None:
+    """Ask jax for at least `count` virtual CPU devices, if its backends have not started yet."""
+    if not backends_started():
+        current = jax.config.jax_num_cpu_devices
+        jax.config.update("jax_num_cpu_devices", max(count, DEFAULT_CPU_DEVICES, current if current > 0 else 0))
+
+
+def devices(platform: str) -> list:
+    try:
+        return list(jax.devices(platform))
+    except RuntimeError:
+        return []
+
+
+def to_stablehlo(module_bytes: bytes):
+    return _jax.mlir.hlo_to_stablehlo(module_bytes)
+
+
+def compile_replicated(mlir, devs: list, num_replicas: int):
+    options = xc.CompileOptions()
+    options.num_replicas = num_replicas
+    options.num_partitions = 1
+    options.device_assignment = xc.DeviceAssignment.create(np.arange(num_replicas).reshape(num_replicas, 1))
+    return devs[0].client.compile_and_load(mlir, xc.DeviceList(tuple(devs)), options)
+
+
+def serialize(executable) -> bytes:
+    return executable.client.serialize_executable(executable)
+
+
+def deserialize(blob: bytes, devs: list):
+    return devs[0].client.deserialize_executable(blob, xc.DeviceList(tuple(devs)), None)
+
+
+class Replicas:
+    """Builds and takes apart arrays that hold one buffer per replica (the buffers may differ: per-rank data)."""
+
+    def __init__(self, devs: list):
+        self.devices = devs
+        self.mesh = Mesh(np.array(devs), ("tp",))
+        self.sharding = NamedSharding(self.mesh, PartitionSpec())
+
+    def put(self, arrays: list[np.ndarray]):
+        shards = jax.device_put(arrays, self.devices)
+        return jax.make_array_from_single_device_arrays(arrays[0].shape, self.sharding, shards)
+
+    def execute(self, executable, arguments: list, out_avals: list) -> list:
+        results = executable.execute_sharded(arguments)
+        handlers = [xc.array_result_handler(aval, self.sharding, True, _skip_checks=True) for aval in out_avals]
+        return results.consume_with_handlers(handlers)
+
+    @staticmethod
+    def aval(shape, dtype):
+        return jax.core.ShapedArray(tuple(shape), dtype)
+
+    def shard(self, array, rank: int) -> np.ndarray:
+        device = self.devices[rank]
+        return next(np.asarray(s.data) for s in array.addressable_shards if s.device == device)

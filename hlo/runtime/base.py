@@ -1,0 +1,136 @@
+"""The runtime interface: compile a module for `tp_degree` replicas, upload per-rank buffers, run by name.
+
+    runtime = hlo.runtime.get_runtime("xla-cpu", tp_degree=2)
+    program = runtime.compile(module)                   # cached by the module's hash
+    weights = runtime.put(PerRank([w0, w1]))            # one buffer per rank, uploaded once
+    out = program(x=np.ones(...), w=weights)            # named inputs; numpy is copied to every rank
+    out["y"].numpy(rank=0)                              # read back only what you ask for
+
+State stays on the device: an output aliased to a parameter (see `hlo.build(aliases=...)`) is that parameter's new
+buffer, and the buffer passed in is donated (deleted), so feed the output back in on the next call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from hlo.builder import Module
+from hlo.types import Shape, dtype_of
+
+
+class RuntimeInputError(ValueError):
+    """A program was called with inputs that don't match its parameters."""
+
+
+@dataclass(frozen=True)
+class PerRank:
+    """Host arrays, one per rank (a sharded weight, say), to upload as one input."""
+
+    arrays: Sequence[np.ndarray]
+
+
+class DeviceTensor:
+    """One buffer per rank on the runtime's devices, all of the same shape and dtype."""
+
+    def __init__(self, runtime: "Runtime", array, shape: Shape):
+        self.runtime = runtime
+        self.array = array
+        self.shape = shape
+
+    def numpy(self, rank: int = 0) -> np.ndarray:
+        """Rank `rank`'s buffer, copied to the host."""
+        if not 0 <= rank < self.runtime.tp_degree:
+            raise ValueError(f"rank {rank} out of range for tp_degree {self.runtime.tp_degree}")
+        self._check_alive()
+        return self.runtime.read(self, rank)
+
+    def per_rank(self) -> list[np.ndarray]:
+        return [self.numpy(r) for r in range(self.runtime.tp_degree)]
+
+    @property
+    def deleted(self) -> bool:
+        return self.runtime.is_deleted(self)
+
+    def _check_alive(self):
+        if self.deleted:
+            raise RuntimeError("this device buffer was donated to a program that updated it in place; "
+                               "use the program's output instead")
+
+    def __repr__(self) -> str:
+        return f"DeviceTensor({self.shape}, tp={self.runtime.tp_degree})"
+
+
+def check_host_array(name: str, shape: Shape, value) -> np.ndarray:
+    """`value` as a contiguous array of `shape`'s dtype; a clear error if its shape or kind is wrong."""
+    array = np.asarray(value)
+    if array.shape != shape.dims:
+        raise RuntimeInputError(f"input {name!r}: expected shape {list(shape.dims)} ({shape}), got {list(array.shape)}")
+    want = shape.dtype
+    got = dtype_of(array) if array.dtype.kind in "biuf" or array.dtype.name == "bfloat16" else None
+    if got != want:
+        safe = got is not None and (
+            (want.is_float and (got.is_float or got.is_int)) or (want.is_int and got.is_int and np.can_cast(
+                array.dtype, want.numpy, "same_kind")) or (want.name == "pred" and got.name == "pred"))
+        if not safe:
+            raise RuntimeInputError(f"input {name!r}: expected element type {want}, got {array.dtype}")
+        if want.is_int and array.size and (array.min() < np.iinfo(want.numpy).min or array.max() > np.iinfo(want.numpy).max):
+            raise RuntimeInputError(f"input {name!r}: values out of range for {want}")
+        array = array.astype(want.numpy)
+    return np.ascontiguousarray(array)
+
+
+class Program:
+    """A compiled module, called with its parameters by name; returns its outputs by name as DeviceTensors."""
+
+    def __init__(self, runtime: "Runtime", module: Module, executable):
+        self.runtime = runtime
+        self.module = module
+        self.executable = executable
+
+    @property
+    def name(self) -> str:
+        return self.module.name
+
+    def __call__(self, **inputs) -> dict[str, DeviceTensor]:
+        return self.run(inputs)
+
+    def run(self, inputs: Mapping[str, object]) -> dict[str, DeviceTensor]:
+        spec = self.module.params
+        missing = [n for n in spec.names if n not in inputs]
+        extra = [n for n in inputs if n not in spec]
+        if missing or extra:
+            raise RuntimeInputError(
+                f"program {self.name!r}: " + "; ".join(
+                    ([f"missing inputs {missing}"] if missing else []) + ([f"unknown inputs {extra}"] if extra else []))
+                + f". Its parameters are {spec.names}")
+        arrays = [self.runtime.as_device(name, shape, inputs[name]) for name, shape in spec]
+        outs = self.runtime.execute(self, arrays)
+        return {name: DeviceTensor(self.runtime, arr, shape) for (name, shape), arr in zip(self.module.outputs, outs)}
+
+
+class Runtime:
+    """A backend with `tp_degree` devices. Subclasses implement compile, upload, execute and read."""
+
+    backend: str
+    tp_degree: int
+
+    def compile(self, module: Module) -> Program:
+        raise NotImplementedError
+
+    def put(self, value) -> DeviceTensor:
+        raise NotImplementedError
+
+    def as_device(self, name: str, shape: Shape, value):
+        raise NotImplementedError
+
+    def execute(self, program: Program, arrays: list) -> list:
+        raise NotImplementedError
+
+    def read(self, tensor: DeviceTensor, rank: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def is_deleted(self, tensor: DeviceTensor) -> bool:
+        raise NotImplementedError
