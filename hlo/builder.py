@@ -176,8 +176,8 @@ class ParamSpec:
             self.add(name, shape)
 
     def add(self, name: str, shape: Shape) -> "ParamSpec":
-        if not isinstance(name, str) or not name.isidentifier():
-            raise HloBuildError(f"parameter name {name!r} must be a Python identifier")
+        if not isinstance(name, str) or not name.replace(".", "_").isidentifier():
+            raise HloBuildError(f"parameter name {name!r} must be an identifier, dots allowed (e.g. 'fc1.weight')")
         if name in self._shapes:
             raise HloBuildError(f"parameter {name!r} is declared twice")
         if not isinstance(shape, Shape):

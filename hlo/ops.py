@@ -207,8 +207,8 @@ def transpose(x: Value, permutation: Sequence[int]) -> Value:
 
 
 def broadcast_in_dim(x: Value, dims: Sequence[int], broadcast_dimensions: Sequence[int]) -> Value:
-    """Result of `dims`; operand dimension i becomes result dimension broadcast_dimensions[i] (sizes equal or 1...
-    no: equal, as XLA requires), every other result dimension is replicated."""
+    """XLA Broadcast: a result of `dims` in which operand dimension i is result dimension broadcast_dimensions[i]
+    (same size) and every other result dimension repeats the operand."""
     dims = tuple(int(d) for d in dims)
     broadcast_dimensions = [int(d) for d in broadcast_dimensions]
     if len(broadcast_dimensions) != x.shape.rank:
@@ -456,11 +456,17 @@ def _argmax_reducer(acc_v, acc_i, x_v, x_i):
     return tuple_([select(take_x, x_v, acc_v), select(take_x, x_i, acc_i)])
 
 
-def argmax(x: Value, dimension: int, index_dtype: DType = s32, index_offset: Value | None = None):
+def argmax(x: Value, dimension: int, index_dtype: DType = s32, index_offset: Value | None = None,
+           indices: Value | None = None):
     """(max, first index of the max) along `dimension`, by a variadic reduce. `index_offset` (a scalar of
-    `index_dtype`) is added to every index, for a shard of a larger axis."""
+    `index_dtype`) is added to every index, for a shard of a larger axis; or `indices` (same dimensions as `x`) gives
+    each element's index outright. Ties go to the smallest index, as numpy and torch do."""
     dimension = _axis("argmax", dimension, x.shape.rank, x)
-    indices = iota(x.shape.with_dtype(index_dtype), dimension)
+    if indices is None:
+        indices = iota(x.shape.with_dtype(index_dtype), dimension)
+    elif indices.dims != x.dims or not indices.dtype.is_int:
+        raise _err("argmax", "indices must be integers with the operand's dimensions", x, indices)
+    index_dtype = indices.dtype
     if index_offset is not None:
         indices = add(indices, index_offset)
     comp = x.computation.module.subcomputation(

@@ -7,6 +7,20 @@ from hlo.runtime.base import DeviceTensor, PerRank, Program, Runtime, RuntimeInp
 BACKENDS = ("xla-cpu", "xla-gpu", "neuron")
 
 
+def neuron_available() -> bool:
+    """Whether Neuron devices and the Neuron compiler are present on this machine."""
+    import glob
+    import shutil
+    return bool(glob.glob("/dev/neuron*")) and shutil.which("neuronx-cc") is not None
+
+
+def xla_platforms(tp_degree: int = 1) -> list[str]:
+    """The XLA platforms jax sees ("cpu", "gpu"); asks for enough virtual CPU devices first."""
+    from hlo.runtime import _jaxlib
+    _jaxlib.request_cpu_devices(tp_degree)
+    return [p for p in ("cpu", "gpu") if _jaxlib.devices(p)]
+
+
 def get_runtime(backend: str = "xla-cpu", tp_degree: int = 1, cache_dir=None) -> Runtime:
     """A runtime for `backend` with `tp_degree` ranks. jaxlib is imported only here, on first use."""
     if backend in ("xla-cpu", "xla-gpu"):
@@ -18,4 +32,4 @@ def get_runtime(backend: str = "xla-cpu", tp_degree: int = 1, cache_dir=None) ->
     raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
-__all__ = ["BACKENDS", "DeviceTensor", "PerRank", "Program", "Runtime", "RuntimeInputError", "get_runtime"]
+__all__ = ["BACKENDS", "neuron_available", "xla_platforms", "DeviceTensor", "PerRank", "Program", "Runtime", "RuntimeInputError", "get_runtime"]

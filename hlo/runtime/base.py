@@ -79,7 +79,7 @@ def check_host_array(name: str, shape: Shape, value) -> np.ndarray:
         if want.is_int and array.size and (array.min() < np.iinfo(want.numpy).min or array.max() > np.iinfo(want.numpy).max):
             raise RuntimeInputError(f"input {name!r}: values out of range for {want}")
         array = array.astype(want.numpy)
-    return np.ascontiguousarray(array)
+    return np.asarray(array, order="C")
 
 
 class Program:

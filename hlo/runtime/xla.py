@@ -114,11 +114,11 @@ class XlaRuntime(Runtime):
             if len(value.arrays) != self.tp_degree:
                 raise RuntimeInputError(f"input {name!r}: {len(value.arrays)} per-rank arrays for "
                                         f"tp_degree {self.tp_degree}")
-            arrays = [np.ascontiguousarray(a) for a in value.arrays]
+            arrays = [np.asarray(a, order="C") for a in value.arrays]
             if len({(a.shape, a.dtype) for a in arrays}) != 1:
                 raise RuntimeInputError(f"input {name!r}: per-rank arrays differ in shape or dtype")
         else:
-            arrays = [np.ascontiguousarray(value)] * self.tp_degree
+            arrays = [np.asarray(value, order="C")] * self.tp_degree
         if shape is not None:
             checked = check_host_array(name, shape, arrays[0])
             arrays = [checked] * self.tp_degree if not isinstance(value, PerRank) else [

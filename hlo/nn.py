@@ -1,0 +1,66 @@
+"""Neural-network building blocks made of `hlo.ops`: layer norm, softmax, linear, relu, cumulative sum.
+
+Numerics: layer norm and softmax compute in f32 whatever the input type, and return the input type.
+"""
+
+from __future__ import annotations
+
+from hlo import ops
+from hlo.builder import Value
+from hlo.types import Shape, f32
+
+
+def _last_dim_broadcast(v: Value, dims) -> Value:
+    return ops.broadcast_in_dim(v, dims, [len(dims) - 1])
+
+
+def layer_norm(x: Value, weight: Value, bias: Value, eps: float = 1e-5) -> Value:
+    """(x - mean) / sqrt(var + eps) * weight + bias over the last dimension (biased variance, as torch)."""
+    dtype, dims = x.dtype, x.dims
+    h = ops.convert(x, f32)
+    axis = x.shape.rank - 1
+    n = float(dims[-1])
+    keep = list(range(axis))
+    mean = ops.broadcast_in_dim(ops.reduce_sum(h, [axis]) / n, dims, keep)            # [..., H]
+    centered = h - mean
+    var = ops.reduce_sum(centered * centered, [axis]) / n                              # [...]
+    inv = ops.broadcast_in_dim(ops.rsqrt(var + eps), dims, keep)
+    y = centered * inv * _last_dim_broadcast(ops.convert(weight, f32), dims) \
+        + _last_dim_broadcast(ops.convert(bias, f32), dims)
+    return ops.convert(y, dtype)
+
+
+def softmax(x: Value, axis: int = -1) -> Value:
+    """exp(x - max) / sum(exp(x - max)) along `axis`, in f32; returns f32."""
+    h = ops.convert(x, f32)
+    axis = axis % x.shape.rank
+    keep = [d for d in range(x.shape.rank) if d != axis]
+    m = ops.broadcast_in_dim(ops.reduce_max(h, [axis]), h.dims, keep)
+    e = ops.exp(h - m)
+    return e / ops.broadcast_in_dim(ops.reduce_sum(e, [axis]), h.dims, keep)
+
+
+def linear(x: Value, weight: Value, bias: Value | None = None) -> Value:
+    """x @ weight + bias, with weight laid out [in, out]; x is [..., in]."""
+    y = ops.dot_general(x, weight, ([x.shape.rank - 1], [0]))                           # [..., out]
+    if bias is not None:
+        y = y + _last_dim_broadcast(ops.convert(bias, y.dtype), y.dims)
+    return y
+
+
+def relu(x: Value) -> Value:
+    return ops.maximum(x, 0)
+
+
+def cumsum(x: Value, axis: int) -> Value:
+    """Inclusive prefix sum along `axis` (a dot with a triangular matrix; exact for integers below 2**24)."""
+    axis = axis % x.shape.rank
+    n = x.dims[axis]
+    rows = ops.iota(Shape(x.dtype, (n, n)), 0)
+    cols = ops.iota(Shape(x.dtype, (n, n)), 1)
+    tri = ops.convert(ops.compare(rows, cols, "LE"), f32)                              # [n, n]: j <= i
+    h = ops.convert(x, f32)
+    y = ops.dot_general(h, tri, ([axis], [0]))                                         # [..., others, n]
+    perm = list(range(x.shape.rank - 1))
+    perm.insert(axis, x.shape.rank - 1)
+    return ops.convert(ops.transpose(y, perm), x.dtype)

@@ -1,0 +1,76 @@
+"""The decoder program: P new target tokens per row at positions [start, start + P), with the KV cache on device.
+
+One program per (P, target bucket T, source bucket S, head). P = 1 is the decode step; P > 1 a known prefix (decoder
+start + language code). The self-attention cache [L, B, N_local, T_max, D] is updated in place (aliased), and
+attention reads its first T positions, so moving to a larger bucket keeps the cache. The head is either "logits"
+(all-gathered [B, V_padded] for the last new token) or "greedy" (the argmax token id [B], chosen on the device).
+"""
+
+from __future__ import annotations
+
+import hlo
+from hlo import nn
+from hlo.types import s32
+
+from nllb_neuronx import layers
+from nllb_neuronx.program_spec import ProgramShapes, weight_params
+
+HEADS = ("logits", "greedy")
+
+
+def build_decoder(shapes: ProgramShapes, new_tokens: int, bucket: int, source_len: int, head: str) -> hlo.Module:
+    if head not in HEADS:
+        raise ValueError(f"decoder head must be one of {HEADS}, got {head!r}")
+    m, b, par, p_len = shapes.model, shapes.batch_size, shapes.parallel, new_tokens
+    cache, cross = shapes.cache_shape(), shapes.cross_shape(source_len)
+    spec = hlo.ParamSpec(input_ids=s32[b, p_len], start=s32[()], encoder_attention_mask=s32[b, source_len],
+                         cache_k=cache, cache_v=cache, cross_k=cross, cross_v=cross, positions=shapes.positions_shape)
+    for name, shape in weight_params(shapes.decoder_weight_names(), shapes):
+        spec.add(name, shape)
+
+    def decoder(p: hlo.Params) -> dict[str, hlo.Value]:
+        w = p.__getitem__
+        ids = p.input_ids                                                                        # [B, P]
+        not_pad = hlo.convert(hlo.compare(ids, m.pad_token_id, "NE"), s32)
+        position_ids = layers.positions(ids, nn.cumsum(not_pad, 1) + p.start, m.pad_token_id)   # [B, P]
+        h = layers.embed_tokens(ids, w("shared.weight"), shapes.embed_scale, par.tp)            # [B, P, H]
+        h = h + hlo.convert(hlo.take(p.positions, position_ids), h.dtype)
+
+        query_pos = hlo.iota(s32[b, p_len, bucket], 1) + p.start                                 # [B, P, T]
+        self_mask = layers.additive_mask(hlo.compare(hlo.iota(s32[b, p_len, bucket], 2), query_pos, "LE"))
+        keep = hlo.compare(p.encoder_attention_mask, 0, "NE")                                    # [B, S]
+        cross_mask = layers.additive_mask(hlo.broadcast_in_dim(keep, [b, p_len, source_len], [0, 2]))
+
+        caches = (p.cache_k, p.cache_v)
+        for i in range(m.decoder_layers):
+            h, caches = layers.decoder_layer(h, self_mask, cross_mask, caches, (p.cross_k, p.cross_v), w, i,
+                                             p.start, bucket, par)
+        h = layers.layer_norm(h, w, "decoder.layer_norm")
+        last = hlo.reshape(hlo.slice_in_dim(h, p_len - 1, p_len, 1), [b, m.d_model])            # [B, H]
+        logits = hlo.dot_general(last, w("shared.weight"), ([1], [1]),
+                                 preferred_element_type=hlo.f32)                                 # [B, V_local]
+        out = {"cache_k": caches[0], "cache_v": caches[1]}
+        if head == "logits":
+            out["logits"] = hlo.all_gather(logits, 1, par.tp) if par.tp > 1 else logits           # [B, V_pad]
+        else:
+            out["next_token"] = greedy_token(logits, m.vocab_size, par.tp)                       # [B]
+        return out
+
+    name = f"nllb_decoder_{head}_b{b}_p{p_len}_t{bucket}_s{source_len}_tp{par.tp}"
+    return hlo.build(name, spec, decoder, aliases={"cache_k": "cache_k", "cache_v": "cache_v"})
+
+
+def greedy_token(logits_local: hlo.Value, vocab_size: int, tp: int) -> hlo.Value:
+    """The first index of the maximum over the whole (vocab-sharded) vocabulary: [B, V_local] -> s32[B]."""
+    b, v_local = logits_local.dims
+    index = hlo.iota(s32[b, v_local], 1)
+    if tp > 1:
+        index = index + hlo.convert(hlo.replica_id(), s32) * v_local                             # global vocab ids
+    real = hlo.compare(index, vocab_size, "LT")                                                  # vocab padding out
+    logits_local = hlo.select(real, logits_local, hlo.full(float("-inf"), logits_local.shape))
+    best, token = hlo.argmax(logits_local, 1, indices=index)                                     # [B], [B]
+    if tp == 1:
+        return token
+    bests = hlo.all_gather(hlo.reshape(best, [b, 1]), 1, tp)                                     # [B, tp]
+    tokens = hlo.all_gather(hlo.reshape(token, [b, 1]), 1, tp)
+    return hlo.argmax(bests, 1, indices=tokens)[1]

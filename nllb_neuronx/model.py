@@ -1,0 +1,259 @@
+"""NLLBForSampling: owns the compiled programs, the device weights, the KV caches, and the decode loop.
+
+    model = NLLBForSampling.from_pretrained(path, batch_size=4, tp_degree=2)
+    model.to_neuron()                                   # upload weights; programs compile on first use, once
+    ids = model.sample(input_ids, attention_mask, max_new_tokens=64, forced_bos_token_id=fra_id)
+
+Low level, for custom decode loops: `encode(input_ids, attention_mask)`, then `decode_step(token_ids)` -> logits
+for the last new token of each row, repeatedly; `reset()` forgets the target side.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+
+import hlo.runtime
+from hlo.runtime import PerRank
+
+from nllb_neuronx import sharding
+from nllb_neuronx.backend import select_backend
+from nllb_neuronx.config import CompileConfig, ModelConfig
+from nllb_neuronx.decoder import build_decoder
+from nllb_neuronx.encoder import build_encoder
+from nllb_neuronx.program_spec import ProgramShapes
+from nllb_neuronx.weights import Checkpoint
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Source:
+    """The encoded batch: rows in use, source bucket, and what the decoder reads."""
+
+    rows: int
+    source_len: int
+    encoder_attention_mask: np.ndarray      # s32[B, S]
+    cross_k: object                         # DeviceTensor [L, B, N_local, S, D]
+    cross_v: object
+    encoder_hidden_states: object           # DeviceTensor [B, S, H]
+
+
+class NLLBForSampling:
+    def __init__(self, checkpoint: Checkpoint, model: ModelConfig, compile_config: CompileConfig):
+        self.checkpoint, self.config, self.compile_config = checkpoint, model, compile_config
+        self.shapes = ProgramShapes(model, compile_config)
+        self.runtime = None
+        self._weights: dict[str, object] = {}
+        self._programs: dict[tuple, object] = {}
+        self._source: _Source | None = None
+        self._caches: dict[str, object] = {}
+        self._position = 0
+
+    # ------------------------------------------------------------------------------------------------ loading
+    @classmethod
+    def from_pretrained(cls, path, batch_size: int = 1, tp_degree: int = 1, n_positions=(64, 128, 256),
+                        encoder_buckets=(32, 64, 128, 256), amp: str = "f32", backend: str | None = None,
+                        cache_dir: str | None = None) -> "NLLBForSampling":
+        checkpoint = Checkpoint(path)
+        model = ModelConfig.from_hf(checkpoint.config)
+        compile_config = CompileConfig(batch_size=batch_size, tp_degree=tp_degree, n_positions=tuple(n_positions),
+                                       encoder_buckets=tuple(encoder_buckets), amp=amp, backend=backend,
+                                       cache_dir=cache_dir)
+        if compile_config.max_target_length > model.max_position_embeddings:
+            log.info("n_positions %s exceed max_position_embeddings %d; positions are generated, so this works",
+                     compile_config.n_positions, model.max_position_embeddings)
+        missing = [s.name for s in sharding.all_weights(model) if not checkpoint.has(s.name)]
+        if missing:
+            shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+            raise ValueError(f"checkpoint {checkpoint.path} is incomplete: missing {shown}")
+        return cls(checkpoint, model, compile_config)
+
+    @property
+    def tp_degree(self) -> int:
+        return self.compile_config.tp_degree
+
+    @property
+    def batch_size(self) -> int:
+        return self.compile_config.batch_size
+
+    def to_neuron(self) -> "NLLBForSampling":
+        """Start the runtime and upload the weights (streamed one tensor at a time, sharded per rank)."""
+        backend = select_backend(self.compile_config.backend, self.tp_degree)
+        self.runtime = hlo.runtime.get_runtime(backend, self.tp_degree, self.compile_config.cache_dir)
+        layout, dtype = self.shapes.layout, self.shapes.dtype.numpy
+        for spec in sharding.all_weights(self.config):
+            tensor = self.checkpoint.get(spec.name)
+            expected = sharding.hf_shape(spec, self.config)
+            if tensor.shape != expected:
+                raise ValueError(f"checkpoint tensor {spec.name} has shape {list(tensor.shape)}, "
+                                 f"config.json implies {list(expected)}")
+            parts = [p.astype(dtype) for p in sharding.shard(spec, tensor, layout)]
+            self._weights[spec.name] = self.runtime.put(PerRank(parts))
+            del tensor, parts
+        self._weights["positions"] = self.runtime.put(sinusoidal_positions(
+            self.shapes.position_rows, self.config.d_model, self.config.pad_token_id))
+        self.reset()
+        return self
+
+    # ----------------------------------------------------------------------------------------------- programs
+    def _program(self, key: tuple, build):
+        if key not in self._programs:
+            self._programs[key] = self.runtime.compile(build())
+        return self._programs[key]
+
+    def _run(self, program, **inputs):
+        """Run a program: weights are fed by parameter name, the rest from `inputs`."""
+        feed = {name: inputs[name] if name in inputs else self._weights[name] for name in program.module.params.names}
+        return program.run(feed)
+
+    def _require_runtime(self):
+        if self.runtime is None:
+            raise RuntimeError("call model.to_neuron() first: it starts the runtime and uploads the weights")
+
+    # -------------------------------------------------------------------------------------------- low-level API
+    def reset(self) -> None:
+        """Forget the target side: the next decode_step starts at position 0 (the source stays encoded)."""
+        self._require_runtime()
+        if not self._caches:
+            zeros = np.zeros(self.shapes.cache_shape().dims, self.shapes.dtype.numpy)
+            self._caches = {"cache_k": self.runtime.put(zeros), "cache_v": self.runtime.put(zeros)}
+        self._position = 0
+
+    def encode(self, input_ids, attention_mask=None) -> None:
+        """Encode a batch of at most `batch_size` rows; resets the target side."""
+        self._require_runtime()
+        ids, mask = _as_batch(input_ids, attention_mask, self.config.pad_token_id)
+        rows = ids.shape[0]
+        if rows > self.batch_size:
+            raise ValueError(f"{rows} rows exceed the compiled batch_size {self.batch_size}; use sample(), which "
+                             "splits batches, or compile with a larger batch_size")
+        length = _used_length(mask)
+        source_len = self.compile_config.encoder_bucket(length)
+        ids_b = np.full((self.batch_size, source_len), self.config.pad_token_id, np.int32)
+        mask_b = np.zeros((self.batch_size, source_len), np.int32)
+        ids_b[:rows, :length], mask_b[:rows, :length] = ids[:, :length], mask[:, :length]
+        program = self._program(("encoder", source_len), lambda: build_encoder(self.shapes, source_len))
+        out = self._run(program, input_ids=ids_b, attention_mask=mask_b)
+        self._source = _Source(rows, source_len, mask_b, out["cross_k"], out["cross_v"],
+                               out["encoder_hidden_states"])
+        self.reset()
+
+    def encoder_hidden_states(self) -> np.ndarray:
+        """The last encoded batch's final encoder states [rows, S_bucket, H] (for checks and debugging)."""
+        source = self._require_source()
+        return self._source.encoder_hidden_states.numpy(0)[: source.rows].astype(np.float32)
+
+    def _require_source(self) -> _Source:
+        if self._source is None:
+            raise RuntimeError("call encode() (or sample()) first")
+        return self._source
+
+    def decode_step(self, token_ids) -> np.ndarray:
+        """Feed one new token per row ([rows] or [rows, 1]), or a known prefix ([rows, P]); returns the logits of
+        the last fed token of each row, float32 [rows, vocab_size]."""
+        out = self._decode(token_ids, "logits")
+        return out["logits"].numpy(0)[: self._source.rows, : self.config.vocab_size]
+
+    def _decode(self, token_ids, head: str):
+        source = self._require_source()
+        tokens = np.asarray(token_ids)
+        if tokens.ndim == 1:
+            tokens = tokens[:, None]
+        if tokens.ndim != 2 or tokens.shape[0] != source.rows:
+            raise ValueError(f"token_ids must be [{source.rows}] or [{source.rows}, P] for the encoded batch, "
+                             f"got shape {list(np.shape(token_ids))}")
+        if not np.issubdtype(tokens.dtype, np.integer):
+            raise ValueError(f"token_ids must be integers, got {tokens.dtype}")
+        if tokens.size and (tokens.min() < 0 or tokens.max() >= self.config.vocab_size):
+            raise ValueError(f"token ids must lie in [0, {self.config.vocab_size}), got {tokens.min()}..{tokens.max()}")
+        new = tokens.shape[1]
+        end = self._position + new
+        bucket = self.compile_config.decoder_bucket(end)
+        padded = np.full((self.batch_size, new), self.config.pad_token_id, np.int32)
+        padded[: source.rows] = tokens
+        key = ("decoder", head, new, bucket, source.source_len)
+        program = self._program(key, lambda: build_decoder(self.shapes, new, bucket, source.source_len, head))
+        out = self._run(program, input_ids=padded, start=np.int32(self._position),
+                        encoder_attention_mask=source.encoder_attention_mask, cross_k=source.cross_k,
+                        cross_v=source.cross_v, **self._caches)
+        self._caches = {"cache_k": out["cache_k"], "cache_v": out["cache_v"]}
+        self._position = end
+        return out
+
+    # ---------------------------------------------------------------------------------------------- sampling
+    def sample(self, input_ids, attention_mask=None, max_new_tokens: int = 64, forced_bos_token_id: int | None = None,
+               decoder_start_token_id: int | None = None, eos_token_id: int | None = None) -> np.ndarray:
+        """Greedy generation laid out as HF `generate()`: decoder start, then the generated tokens (the forced
+        language token first when given), rows that end early padded with pad_token_id. Batches larger than
+        `batch_size` are split and reassembled; decoding stops when every row has produced EOS."""
+        self._require_runtime()
+        ids, mask = _as_batch(input_ids, attention_mask, self.config.pad_token_id)
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        if max_new_tokens > self.compile_config.max_target_length:
+            raise ValueError(
+                f"max_new_tokens={max_new_tokens} exceeds the largest decoder bucket "
+                f"{self.compile_config.max_target_length} (n_positions={list(self.compile_config.n_positions)}); "
+                "compile with a larger n_positions bucket")
+        start = self.config.decoder_start_token_id if decoder_start_token_id is None else decoder_start_token_id
+        eos = self.config.eos_token_id if eos_token_id is None else eos_token_id
+        chunks = [self._sample_chunk(ids[i: i + self.batch_size], mask[i: i + self.batch_size], max_new_tokens,
+                                     forced_bos_token_id, start, eos)
+                  for i in range(0, ids.shape[0], self.batch_size)]
+        width = max(c.shape[1] for c in chunks)
+        out = np.full((ids.shape[0], width), self.config.pad_token_id, np.int64)
+        row = 0
+        for c in chunks:
+            out[row: row + c.shape[0], : c.shape[1]] = c
+            row += c.shape[0]
+        return out
+
+    def _sample_chunk(self, ids, mask, max_new_tokens, forced, start, eos) -> np.ndarray:
+        self.encode(ids, mask)
+        rows, pad = ids.shape[0], self.config.pad_token_id
+        prefix = [start] + ([forced] if forced is not None else [])
+        generated = [np.full(rows, t, np.int64) for t in prefix[1:]]
+        done = np.zeros(rows, bool)
+        if forced is not None:
+            done |= generated[0] == eos
+        feed = np.tile(np.asarray(prefix, np.int64), (rows, 1))
+        while len(generated) < max_new_tokens and not done.all():
+            token = self._decode(feed, "greedy")["next_token"].numpy(0)[:rows].astype(np.int64)
+            token = np.where(done, pad, token)
+            generated.append(token)
+            done |= token == eos
+            feed = token[:, None]
+        return np.concatenate([np.full((rows, 1), start, np.int64)] + [g[:, None] for g in generated], axis=1)
+
+
+def sinusoidal_positions(rows: int, dim: int, pad: int) -> np.ndarray:
+    """HF's sinusoidal table, computed by HF's own function so that it is bit-identical: [rows, dim] f32."""
+    from transformers.models.m2m_100.modeling_m2m_100 import M2M100SinusoidalPositionalEmbedding
+    return M2M100SinusoidalPositionalEmbedding.get_embedding(rows, dim, pad).float().numpy()
+
+
+def _as_batch(input_ids, attention_mask, pad: int) -> tuple[np.ndarray, np.ndarray]:
+    ids = _to_numpy(input_ids)
+    if ids.ndim == 1:
+        ids = ids[None]
+    if ids.ndim != 2 or ids.shape[0] == 0 or ids.shape[1] == 0:
+        raise ValueError(f"input_ids must be a non-empty [batch, length] array, got shape {list(ids.shape)}")
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"input_ids must be integer token ids, got {ids.dtype}")
+    mask = (ids != pad).astype(np.int32) if attention_mask is None else _to_numpy(attention_mask).reshape(ids.shape)
+    return ids.astype(np.int32), mask.astype(np.int32)
+
+
+def _used_length(mask: np.ndarray) -> int:
+    """Length up to the last column that any row attends to (trailing all-padding columns change nothing)."""
+    used = np.nonzero(mask.any(axis=0))[0]
+    return int(used[-1]) + 1 if used.size else 1
+
+
+def _to_numpy(x) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)

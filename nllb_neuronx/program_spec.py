@@ -1,0 +1,88 @@
+"""Shapes shared by the programs: the model, the compile setting, and the per-rank weight parameters."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from hlo.types import Shape, dtype_of, f32
+
+from nllb_neuronx import sharding
+from nllb_neuronx.config import CompileConfig, ModelConfig
+from nllb_neuronx.layers import Parallel
+
+
+@dataclass(frozen=True)
+class ProgramShapes:
+    model: ModelConfig
+    compile: CompileConfig
+
+    @property
+    def batch_size(self) -> int:
+        return self.compile.batch_size
+
+    @property
+    def layout(self) -> sharding.Layout:
+        return sharding.Layout(self.model, self.compile.tp_degree)
+
+    @property
+    def parallel(self) -> Parallel:
+        return Parallel(self.compile.tp_degree, self.layout.heads_local, self.model.head_dim)
+
+    @property
+    def dtype(self):
+        return dtype_of(self.compile.amp)
+
+    @property
+    def embed_scale(self) -> float:
+        return math.sqrt(self.model.d_model) if self.model.scale_embedding else 1.0
+
+    @property
+    def position_rows(self) -> int:
+        """Rows of the sinusoidal table: every position id a program can look up (pad + 1 + longest sequence)."""
+        longest = max(self.compile.encoder_buckets[-1], self.compile.max_target_length)
+        return self.model.pad_token_id + 1 + longest
+
+    @property
+    def positions_shape(self) -> Shape:
+        return f32[self.position_rows, self.model.d_model]
+
+    def cache_shape(self) -> Shape:
+        """Self-attention cache, keys or values: [L, B, N_local, T_max, D]."""
+        m = self.model
+        return self.dtype[m.decoder_layers, self.batch_size, self.layout.heads_local, self.compile.max_target_length,
+                          m.head_dim]
+
+    def cross_shape(self, source_len: int) -> Shape:
+        """Cross-attention keys or values: [L, B, N_local, S, D]."""
+        m = self.model
+        return self.dtype[m.decoder_layers, self.batch_size, self.layout.heads_local, source_len, m.head_dim]
+
+    def encoder_weight_names(self) -> list[str]:
+        m = self.model
+        names = ["shared.weight"]
+        for i in range(m.encoder_layers):
+            names += [s.name for s in sharding.encoder_layer_weights(i)]
+        names += ["encoder.layer_norm.weight", "encoder.layer_norm.bias"]
+        for i in range(m.decoder_layers):
+            names += [f"decoder.layers.{i}.encoder_attn.{kv}_proj.{t}" for kv in "kv" for t in ("weight", "bias")]
+        return names
+
+    def decoder_weight_names(self) -> list[str]:
+        names = ["shared.weight"]
+        for i in range(self.model.decoder_layers):
+            cross_kv = (f"decoder.layers.{i}.encoder_attn.k_proj", f"decoder.layers.{i}.encoder_attn.v_proj")
+            names += [s.name for s in sharding.decoder_layer_weights(i) if not s.name.startswith(cross_kv)]
+        return names + ["decoder.layer_norm.weight", "decoder.layer_norm.bias"]
+
+
+def weight_params(names: list[str], shapes: ProgramShapes) -> list[tuple[str, Shape]]:
+    """(parameter name, per-rank shape) of each named weight, in the amp dtype."""
+    specs = {s.name: s for s in sharding.all_weights(shapes.model)}
+    out = []
+    for name in names:
+        spec = specs[name]
+        dims = sharding.shard_shape(spec, sharding.hf_shape(spec, shapes.model), shapes.layout)
+        out.append((name, Shape(shapes.dtype, dims)))
+    return out
+
