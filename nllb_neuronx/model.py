@@ -24,7 +24,7 @@ from nllb_neuronx.config import CompileConfig, ModelConfig
 from nllb_neuronx.decoder import build_decoder
 from nllb_neuronx.encoder import build_encoder
 from nllb_neuronx.program_spec import ProgramShapes
-from nllb_neuronx.weights import Checkpoint
+from nllb_neuronx.weights import Checkpoint, read_config, resolve_path
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +57,9 @@ class NLLBForSampling:
     def from_pretrained(cls, path, batch_size: int = 1, tp_degree: int = 1, n_positions=(64, 128, 256),
                         encoder_buckets=(32, 64, 128, 256), amp: str = "f32", backend: str | None = None,
                         cache_dir: str | None = None) -> "NLLBForSampling":
+        path = resolve_path(path)
+        model = ModelConfig.from_hf(read_config(path))  # an unsupported model fails before any weight is read
         checkpoint = Checkpoint(path)
-        model = ModelConfig.from_hf(checkpoint.config)
         compile_config = CompileConfig(batch_size=batch_size, tp_degree=tp_degree, n_positions=tuple(n_positions),
                                        encoder_buckets=tuple(encoder_buckets), amp=amp, backend=backend,
                                        cache_dir=cache_dir)

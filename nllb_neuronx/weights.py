@@ -24,10 +24,7 @@ class Checkpoint:
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(resolve_path(path))
-        config_file = self.path / "config.json"
-        if not config_file.exists():
-            raise FileNotFoundError(f"{self.path} has no config.json: not an HF checkpoint directory")
-        self.config = json.loads(config_file.read_text())
+        self.config = read_config(self.path)
         self._sources: dict[str, tuple[str, str]] = {}  # canonical name -> (file, stored name)
         self._torch_state = None
         index = self.path / "model.safetensors.index.json"
@@ -71,6 +68,13 @@ class Checkpoint:
         if name in SHARED_NAMES:
             return any(n in self.names() for n in SHARED_NAMES)
         return name in self.names()
+
+
+def read_config(path: str | os.PathLike) -> dict:
+    config_file = Path(path) / "config.json"
+    if not config_file.exists():
+        raise FileNotFoundError(f"{path} has no config.json: not an HF checkpoint directory")
+    return json.loads(config_file.read_text())
 
 
 def resolve_path(path: str | os.PathLike) -> str:
