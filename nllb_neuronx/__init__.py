@@ -3,5 +3,13 @@
 from nllb_neuronx.config import CompileConfig, ModelConfig
 from nllb_neuronx.model import NLLBForSampling
 
-__all__ = ["CompileConfig", "ModelConfig", "NLLBForSampling"]
+
+def __getattr__(name):  # the adapter imports transformers' generation stack: load it only when asked for
+    if name == "HuggingFaceGenerationModelAdapter":
+        from nllb_neuronx.generation import HuggingFaceGenerationModelAdapter
+        return HuggingFaceGenerationModelAdapter
+    raise AttributeError(f"module 'nllb_neuronx' has no attribute {name!r}")
+
+
+__all__ = ["CompileConfig", "HuggingFaceGenerationModelAdapter", "ModelConfig", "NLLBForSampling"]
 __version__ = "0.1.0"

@@ -24,6 +24,7 @@ from nllb_neuronx.config import CompileConfig, ModelConfig
 from nllb_neuronx.decoder import build_decoder
 from nllb_neuronx.encoder import build_encoder
 from nllb_neuronx.program_spec import ProgramShapes
+from nllb_neuronx.reorder import build_reorder
 from nllb_neuronx.weights import Checkpoint, read_config, resolve_path
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,8 @@ class _Source:
     encoder_attention_mask: np.ndarray      # s32[B, S]
     cross_k: object                         # DeviceTensor [L, B, N_local, S, D]
     cross_v: object
-    encoder_hidden_states: object           # DeviceTensor [B, S, H]
+    encoder_hidden_states: object           # DeviceTensor [B, S, H], rows as encoded
+    row_map: np.ndarray                     # current row i holds encoded row row_map[i] (after reorders)
 
 
 class NLLBForSampling:
@@ -139,24 +141,50 @@ class NLLBForSampling:
         program = self._program(("encoder", source_len), lambda: build_encoder(self.shapes, source_len))
         out = self._run(program, input_ids=ids_b, attention_mask=mask_b)
         self._source = _Source(rows, source_len, mask_b, out["cross_k"], out["cross_v"],
-                               out["encoder_hidden_states"])
+                               out["encoder_hidden_states"], np.arange(rows))
         self.reset()
 
     def encoder_hidden_states(self) -> np.ndarray:
         """The last encoded batch's final encoder states [rows, S_bucket, H] (for checks and debugging)."""
         source = self._require_source()
-        return self._source.encoder_hidden_states.numpy(0)[: source.rows].astype(np.float32)
+        return source.encoder_hidden_states.numpy(0)[source.row_map].astype(np.float32)
 
     def _require_source(self) -> _Source:
         if self._source is None:
             raise RuntimeError("call encode() (or sample()) first")
         return self._source
 
+    def reorder(self, indices) -> None:
+        """Make row i of the batch a copy of current row `indices[i]`, on the device: the self-attention cache, the
+        cross-attention K/V and the source mask. Beam search reorders beams with it; it also grows a batch of rows
+        into rows x beams (indices [0, 0, 1, 1, ...]). At most `batch_size` indices."""
+        source = self._require_source()
+        index = np.asarray(indices).reshape(-1).astype(np.int64)
+        if index.size > self.batch_size:
+            raise ValueError(f"{index.size} rows (e.g. rows x num_beams) exceed the compiled batch_size "
+                             f"{self.batch_size}; compile with batch_size >= {index.size}")
+        if index.size == 0 or index.min() < 0 or index.max() >= source.rows:
+            raise ValueError(f"reorder indices must lie in [0, {source.rows}), got {index.tolist()}")
+        full = np.arange(self.batch_size, dtype=np.int32)  # rows past the used ones keep themselves
+        full[: index.size] = index
+        program = self._program(("reorder", source.source_len), lambda: build_reorder(self.shapes, source.source_len))
+        out = self._run(program, index=full, cross_k=source.cross_k, cross_v=source.cross_v, **self._caches)
+        self._caches = {"cache_k": out["cache_k"], "cache_v": out["cache_v"]}
+        source.cross_k, source.cross_v = out["cross_k"], out["cross_v"]
+        source.encoder_attention_mask = source.encoder_attention_mask[full]
+        source.row_map = source.row_map[index]
+        source.rows = index.size
+
+    @property
+    def position(self) -> int:
+        """Target tokens already in the cache."""
+        return self._position
+
     def decode_step(self, token_ids) -> np.ndarray:
         """Feed one new token per row ([rows] or [rows, 1]), or a known prefix ([rows, P]); returns the logits of
         the last fed token of each row, float32 [rows, vocab_size]."""
         out = self._decode(token_ids, "logits")
-        return out["logits"].numpy(0)[: self._source.rows, : self.config.vocab_size]
+        return np.array(out["logits"].numpy(0)[: self._source.rows, : self.config.vocab_size])  # a writable copy
 
     def _decode(self, token_ids, head: str):
         source = self._require_source()
