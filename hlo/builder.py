@@ -140,7 +140,7 @@ class ModuleBuilder:
         """A called computation (a reducer, a comparator), built once per module and key."""
         if key not in self._reducers:
             comp = self.computation(name)
-            params = [comp.parameter(f"{name}.p{i}", s) for i, s in enumerate(param_shapes)]
+            params = [comp.parameter(f"{comp.name}.p{i}", s) for i, s in enumerate(param_shapes)]  # module-unique
             with _current(comp):
                 root = body(*params)
             self._reducers[key] = self.finish(comp, root)

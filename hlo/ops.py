@@ -426,7 +426,7 @@ def scalar_computation(kind: str | Callable, dtype: DType, arity: int = 2):
     fn = _REDUCERS.get(kind) if isinstance(kind, str) else kind
     if fn is None:
         raise HloBuildError(f"unknown reducer {kind!r}; use one of {sorted(_REDUCERS)} or a function")
-    key = (kind if isinstance(kind, str) else id(kind), dtype.name, arity)
+    key = (kind, dtype.name, arity)  # the function itself, not its id: a freed lambda's id can be reused
     return comp.module.subcomputation(key, f"{kind if isinstance(kind, str) else 'fn'}_{dtype.name}",
                                       [Shape(dtype, ())] * arity, fn)
 
@@ -489,12 +489,14 @@ def sort(operands: Sequence[Value], dimension: int, comparator: Callable | None 
     dimension = _axis("sort", dimension, first.shape.rank, *operands)
     if any(v.dims != first.dims for v in operands):
         raise _err("sort", "operands must have equal dimensions", *operands)
+    direction = "GT" if descending else "LT"
+    key_fn = comparator if comparator is not None else direction
     if comparator is None:
         def comparator(a, b, *_):
-            return compare(a, b, "GT" if descending else "LT")
+            return compare(a, b, direction)
     shapes = [Shape(v.dtype, ()) for v in operands for _ in (0, 1)]
     comp = first.computation.module.subcomputation(
-        ("sort", id(comparator), tuple(s.dtype.name for s in shapes)), "compare", shapes, comparator)
+        ("sort", key_fn, tuple(s.dtype.name for s in shapes)), "compare", shapes, comparator)
     shape = TupleShape(tuple(v.shape for v in operands)) if len(operands) > 1 else first.shape
     out = first.computation.add("sort", shape, operands, attrs={"dimensions": [dimension], "is_stable": is_stable},
                                 called=(comp,))

@@ -59,8 +59,7 @@ def _attributes(v: Value) -> list[str]:
     if "replica_groups" in a:
         out.append("replica_groups={" + ",".join(_braces(g) for g in a["replica_groups"]) + "}")
     if v.called:
-        key = "comparator" if v.opcode == "sort" else "to_apply"
-        out.append(f"{key}={v.called[0].name}")
+        out.append(f"to_apply={v.called[0].name}")
     return out
 
 

@@ -76,7 +76,7 @@ def dtype_of(x) -> DType:
         return x
     if isinstance(x, str) and x in DTYPES:
         return DTYPES[x]
-    np_dtype = np.dtype(getattr(x, "dtype", x))
+    np_dtype = np.dtype(x if isinstance(x, type) else getattr(x, "dtype", x))  # np.float32 (a type) or arrays
     for d in DTYPES.values():
         if d.name != "bf16" and np.dtype(d.numpy_name) == np_dtype:
             return d

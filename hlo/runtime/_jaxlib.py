@@ -67,7 +67,8 @@ class Replicas:
         self.sharding = NamedSharding(self.mesh, PartitionSpec())
 
     def put(self, arrays: list[np.ndarray]):
-        shards = jax.device_put(arrays, self.devices)
+        with jax.enable_x64(True):  # keep s64/u64/f64 as they are: jax would narrow them to 32 bits
+            shards = jax.device_put(arrays, self.devices)
         return jax.make_array_from_single_device_arrays(arrays[0].shape, self.sharding, shards)
 
     def execute(self, executable, arguments: list, out_avals: list) -> list:

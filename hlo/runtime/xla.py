@@ -24,7 +24,9 @@ from hlo.types import Shape
 
 log = logging.getLogger(__name__)
 
-_PLATFORMS = {"xla-cpu": "cpu", "xla-gpu": "gpu"}
+# backend -> jax platform. "neuron": NeuronCores through the Neuron PJRT plugin (libneuronxla), used by
+# hlo.runtime.neuron's pjrt route; construct it through get_runtime("neuron", ...), which checks tp and core placement.
+_PLATFORMS = {"xla-cpu": "cpu", "xla-gpu": "gpu", "neuron": "neuron"}
 _EXECUTABLES: dict[str, object] = {}  # in-process compile cache: key -> loaded executable
 
 
@@ -42,7 +44,9 @@ class XlaRuntime(Runtime):
             hint = (
                 "jax started its CPU backend before hlo could ask for more virtual devices: create the runtime "
                 f"before other jax work, or set XLA_FLAGS=--xla_force_host_platform_device_count={tp_degree}"
-                if self.platform == "cpu" else f"use tp_degree <= {len(devs)} on this machine"
+                if self.platform == "cpu" else f"use tp_degree <= {len(devs)} on this machine" + (
+                    " (NEURON_RT_VISIBLE_CORES / NEURON_RT_NUM_CORES set how many NeuronCores this process gets)"
+                    if self.platform == "neuron" else "")
             )
             raise ValueError(f"tp_degree={tp_degree} needs {tp_degree} {self.platform} devices, "
                              f"but jax sees {len(devs)}: {hint}")
@@ -63,8 +67,14 @@ class XlaRuntime(Runtime):
         memory_key = key + "|" + ",".join(str(d.id) for d in self.devices)
         executable = _EXECUTABLES.get(memory_key)
         if executable is None:
-            executable = self._load(key) or self._compile(module, key)
+            executable = self._load(key)  # a readable copy in cache_dir
+            if executable is None:
+                executable = self._compile(module, key)
+                if self.cache_dir is not None:
+                    self._store(key, _jaxlib.serialize(executable))  # new, or replacing an unreadable file
             _EXECUTABLES[memory_key] = executable
+        elif self.cache_dir is not None and not self._path(key).exists():
+            self._store(key, _jaxlib.serialize(executable))  # compiled earlier in this process: persist it too
         return Program(self, module, executable)
 
     def _compile(self, module: Module, key: str):
@@ -77,8 +87,6 @@ class XlaRuntime(Runtime):
         self.compile_count += 1
         log.info("compiled %s for %s tp=%d in %.2fs", module.name, self.backend, self.tp_degree,
                  time.perf_counter() - start)
-        if self.cache_dir is not None:
-            self._store(key, _jaxlib.serialize(executable))
         return executable
 
     def _path(self, key: str) -> Path:

@@ -1,0 +1,439 @@
+"""The XLA CPU runtime: collectives over tp ranks, in-place (aliased) updates, compile caches, input checking."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import hlo
+import hlo.runtime.xla as xla_runtime
+from hlo import bf16, f32, s32, u32
+from hlo.runtime import PerRank, RuntimeInputError, get_runtime
+from hlo.runtime.xla import XlaRuntime
+
+TPS = [1, 2, 4, 8]
+
+
+def per_rank_inputs(tp, shape, dtype=np.float32, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(-50, 50, size=shape).astype(dtype) for _ in range(tp)]
+
+
+# ------------------------------------------------------------------------------------------------------ collectives
+
+@pytest.mark.parametrize("tp", TPS)
+def test_collectives_match_numpy(runtimes, tp):
+    rt = runtimes(tp)
+    assert rt.tp_degree == tp and len(rt.devices) == tp
+
+    def fn(p):
+        return {"sum": hlo.all_reduce(p.x, "add"), "max": hlo.all_reduce(p.x, "max"),
+                "isum": hlo.all_reduce(p.i, "add"), "imin": hlo.all_reduce(p.i, "min"),
+                "g0": hlo.all_gather(p.x, 0, tp), "g1": hlo.all_gather(p.x, 1, tp), "rank": hlo.replica_id()}
+
+    program = rt.compile(hlo.build("collectives", hlo.ParamSpec(x=f32[2, 3], i=s32[4]), fn))
+    xs = per_rank_inputs(tp, (2, 3))
+    ints = per_rank_inputs(tp, (4,), np.int32, seed=1)
+    out = program(x=PerRank(xs), i=PerRank(ints))
+    stacked = np.stack(xs)
+    for r in range(tp):
+        np.testing.assert_array_equal(out["sum"].numpy(r), stacked.sum(0))
+        np.testing.assert_array_equal(out["max"].numpy(r), stacked.max(0))
+        np.testing.assert_array_equal(out["isum"].numpy(r), np.stack(ints).sum(0))
+        np.testing.assert_array_equal(out["imin"].numpy(r), np.stack(ints).min(0))
+        np.testing.assert_array_equal(out["g0"].numpy(r), np.concatenate(xs, 0))
+        np.testing.assert_array_equal(out["g1"].numpy(r), np.concatenate(xs, 1))
+    assert out["g0"].numpy(0).shape == (2 * tp, 3) and out["g1"].numpy(0).shape == (2, 3 * tp)
+    ranks = out["rank"].per_rank()
+    assert [int(r) for r in ranks] == list(range(tp))
+    assert all(r.dtype == np.uint32 and r.shape == () for r in ranks)
+
+
+@pytest.mark.parametrize("tp", [2, 4])
+def test_all_reduce_bf16_and_replicated_input(runtimes, tp):
+    rt = runtimes(tp)
+    program = rt.compile(hlo.build("ar_bf16", hlo.ParamSpec(x=bf16[3], y=f32[2]),
+                                   lambda p: {"x": hlo.all_reduce(p.x), "y": hlo.all_reduce(p.y, "max")}))
+    xs = [np.array([1, 2, -3], dtype=bf16.numpy) * (r + 1) for r in range(tp)]
+    out = program(x=PerRank(xs), y=np.array([1.5, -2.0], np.float32))  # plain numpy: the same on every rank
+    want = np.array([1, 2, -3], np.float32) * sum(range(1, tp + 1))
+    for r in range(tp):
+        np.testing.assert_array_equal(out["x"].numpy(r).astype(np.float32), want)
+        np.testing.assert_array_equal(out["y"].numpy(r), np.array([1.5, -2.0], np.float32))
+
+
+@pytest.mark.parametrize("groups", [[[0, 1], [2, 3]], [[0, 2], [1, 3]], [[3, 2], [1, 0]]])
+def test_replica_groups_tp4(runtimes, groups):
+    rt = runtimes(4)
+
+    def fn(p):
+        return {"sum": hlo.all_reduce(p.x, "add", groups), "max": hlo.all_reduce(p.x, "max", groups),
+                "gather": hlo.all_gather(p.x, 0, 2, groups)}
+
+    program = rt.compile(hlo.build("groups", hlo.ParamSpec(x=f32[2]), fn))
+    xs = [np.array([r, 10 * r + 1], np.float32) for r in range(4)]
+    out = program(x=PerRank(xs))
+    for group in groups:
+        members = [xs[r] for r in group]
+        for r in group:
+            np.testing.assert_array_equal(out["sum"].numpy(r), np.sum(members, 0))
+            np.testing.assert_array_equal(out["max"].numpy(r), np.max(members, 0))
+            # gathered in the order the group lists its replicas
+            np.testing.assert_array_equal(out["gather"].numpy(r), np.concatenate(members))
+
+
+def test_pyhlo_collectives_tp2(runtimes):
+    rt = runtimes(2)
+
+    def fn(p):
+        return {"r": f32[2, 3].AllReduce(p.x, to_apply="max"), "g": f32[2, 6].AllGather(p.x, dimensions=[1]),
+                "id": u32[()].ReplicaId()}
+
+    program = rt.compile(hlo.build("pyhlo_cc", hlo.ParamSpec(x=f32[2, 3]), fn))
+    xs = per_rank_inputs(2, (2, 3))
+    out = program(x=PerRank(xs))
+    np.testing.assert_array_equal(out["r"].numpy(1), np.maximum(xs[0], xs[1]))
+    np.testing.assert_array_equal(out["g"].numpy(0), np.concatenate(xs, 1))
+    assert int(out["id"].numpy(1)) == 1
+
+
+def test_replica_id_drives_per_rank_computation(runtimes):
+    """A tensor-parallel shard pattern: each rank slices its own part by replica id, then all-gathers."""
+    rt = runtimes(4)
+
+    def fn(p):
+        start = hlo.convert(hlo.replica_id(), s32) * 2
+        shard = hlo.dynamic_slice(p.x, [0, start], [3, 2])
+        return {"shard": shard * 10.0, "whole": hlo.all_gather(shard * 10.0, 1, 4)}
+
+    program = rt.compile(hlo.build("shard", hlo.ParamSpec(x=f32[3, 8]), fn))
+    x = np.arange(24, dtype=np.float32).reshape(3, 8)
+    out = program(x=x)
+    for r in range(4):
+        np.testing.assert_array_equal(out["shard"].numpy(r), x[:, 2 * r:2 * r + 2] * 10)
+        np.testing.assert_array_equal(out["whole"].numpy(r), x * 10)
+
+
+# --------------------------------------------------------------------------------------------------------- aliasing
+
+def cache_module(rows=4, width=3):
+    def fn(p):
+        updated = hlo.dynamic_update_slice(p.cache, p.row, [hlo.reshape(p.pos, ()), 0])
+        return {"total": hlo.reduce_sum(updated, [0, 1]), "cache": updated}
+
+    return hlo.build("cache_step", hlo.ParamSpec(cache=f32[rows, width], row=f32[1, width], pos=s32[1]), fn,
+                     aliases={"cache": "cache"})
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_aliased_cache_updated_in_place_over_calls(runtimes, tp):
+    rt = runtimes(tp)
+    program = rt.compile(cache_module())
+    start = [np.full((4, 3), -1.0, np.float32) * (r + 1) for r in range(tp)]
+    cache = rt.put(PerRank(start))
+    host = [a.copy() for a in start]
+    donated = []
+    for step in range(5):
+        row = np.full((1, 3), step + 1, np.float32)
+        pos = step % 4
+        out = program(cache=cache, row=row, pos=np.array([pos], np.int32))
+        donated.append(cache)
+        cache = out["cache"]
+        for r in range(tp):
+            host[r][pos] = row[0]
+            np.testing.assert_array_equal(cache.numpy(r), host[r])
+            np.testing.assert_array_equal(out["total"].numpy(r), host[r].sum())
+    assert not cache.deleted
+    for old in donated:
+        assert old.deleted
+        with pytest.raises(RuntimeError, match="donated"):
+            old.numpy()
+        with pytest.raises(RuntimeError, match="donated"):
+            old.per_rank()
+        with pytest.raises(RuntimeError, match="donated"):
+            program(cache=old, row=np.zeros((1, 3), np.float32), pos=np.array([0], np.int32))
+    # the final state after 5 steps: rows 0..3 written by steps 1..4, row 0 rewritten by step 5
+    np.testing.assert_array_equal(cache.numpy(0), np.array([[5] * 3, [2] * 3, [3] * 3, [4] * 3], np.float32))
+
+
+def test_aliased_parameter_fed_from_host_and_non_aliased_input_survives(rt1):
+    program = rt1.compile(cache_module())
+    row = rt1.put(np.ones((1, 3), np.float32))
+    out = program(cache=np.zeros((4, 3), np.float32), row=row, pos=np.array([2], np.int32))
+    np.testing.assert_array_equal(out["cache"].numpy(), np.array([[0] * 3, [0] * 3, [1] * 3, [0] * 3], np.float32))
+    assert not row.deleted  # only the aliased parameter's buffer is donated
+    out2 = program(cache=out["cache"], row=row, pos=np.array([0], np.int32))
+    np.testing.assert_array_equal(out2["cache"].numpy()[[0, 2]], np.ones((2, 3), np.float32))
+    np.testing.assert_array_equal(row.numpy(), np.ones((1, 3), np.float32))
+
+
+# ------------------------------------------------------------------------------------------------------ compile cache
+
+def _fresh_module(tag: float):
+    # a module unique to the test, so that no earlier test has cached its executable
+    return hlo.build("cached", hlo.ParamSpec(x=f32[3]), lambda p: {"y": p.x * tag + 1.0})
+
+
+def test_compile_cache_in_process(monkeypatch):
+    monkeypatch.setattr(xla_runtime, "_EXECUTABLES", {})
+    rt = XlaRuntime("xla-cpu", 1)
+    assert rt.compile_count == 0
+    module = _fresh_module(3.0)
+    p1 = rt.compile(module)
+    assert rt.compile_count == 1
+    p2 = rt.compile(module)
+    assert rt.compile_count == 1
+    p3 = rt.compile(_fresh_module(3.0))  # an equal module built again: same hash
+    assert rt.compile_count == 1
+    assert p1.executable is p2.executable is p3.executable
+    rt.compile(_fresh_module(4.0))
+    assert rt.compile_count == 2
+    # another tp degree is another executable
+    rt2 = XlaRuntime("xla-cpu", 2)
+    rt2.compile(module)
+    assert rt2.compile_count == 1
+    np.testing.assert_array_equal(p3(x=np.arange(3, dtype=np.float32))["y"].numpy(),
+                                  np.arange(3, dtype=np.float32) * 3 + 1)
+
+
+def test_compile_cache_on_disk(monkeypatch, tmp_path):
+    monkeypatch.setattr(xla_runtime, "_EXECUTABLES", {})
+    first = get_runtime("xla-cpu", tp_degree=2, cache_dir=tmp_path)
+    module = _fresh_module(5.0)
+    first.compile(module)
+    assert first.compile_count == 1
+    files = list(tmp_path.glob("*.pjrt"))
+    assert len(files) == 1 and files[0].stat().st_size > 0
+    assert not list(tmp_path.glob(".*.tmp"))
+
+    monkeypatch.setattr(xla_runtime, "_EXECUTABLES", {})  # a new process, as far as the cache can tell
+    second = XlaRuntime("xla-cpu", 2, cache_dir=tmp_path)
+    program = second.compile(module)
+    assert second.compile_count == 0  # loaded from disk
+    xs = [np.array([1, 2, 3], np.float32), np.array([4, 5, 6], np.float32)]
+    out = program(x=PerRank(xs))
+    for r in range(2):
+        np.testing.assert_array_equal(out["y"].numpy(r), xs[r] * 5 + 1)
+
+
+def test_compile_cache_on_disk_ignores_a_corrupt_file(monkeypatch, tmp_path):
+    monkeypatch.setattr(xla_runtime, "_EXECUTABLES", {})
+    rt = XlaRuntime("xla-cpu", 1, cache_dir=tmp_path)
+    module = _fresh_module(6.0)
+    (tmp_path / f"{rt.cache_key(module)}.pjrt").write_bytes(b"not an executable")
+    program = rt.compile(module)
+    assert rt.compile_count == 1
+    np.testing.assert_array_equal(program(x=np.ones(3, np.float32))["y"].numpy(), np.full(3, 7.0, np.float32))
+
+
+def test_compile_cache_on_disk_repairs_a_corrupt_file(monkeypatch, tmp_path):
+    monkeypatch.setattr(xla_runtime, "_EXECUTABLES", {})
+    rt = XlaRuntime("xla-cpu", 1, cache_dir=tmp_path)
+    module = _fresh_module(7.0)
+    (tmp_path / f"{rt.cache_key(module)}.pjrt").write_bytes(b"not an executable")
+    rt.compile(module)
+    assert rt.compile_count == 1
+    monkeypatch.setattr(xla_runtime, "_EXECUTABLES", {})
+    again = XlaRuntime("xla-cpu", 1, cache_dir=tmp_path)
+    program = again.compile(module)
+    assert again.compile_count == 0  # the recompiled executable replaced the unreadable file
+    np.testing.assert_array_equal(program(x=np.ones(3, np.float32))["y"].numpy(), np.full(3, 8.0, np.float32))
+
+
+def test_compile_cache_on_disk_written_on_in_memory_hit(monkeypatch, tmp_path):
+    """A runtime with a cache_dir persists a program even when this process compiled it before, without a cache_dir."""
+    monkeypatch.setattr(xla_runtime, "_EXECUTABLES", {})
+    module = _fresh_module(8.0)
+    XlaRuntime("xla-cpu", 1).compile(module)
+    XlaRuntime("xla-cpu", 1, cache_dir=tmp_path).compile(module)
+    monkeypatch.setattr(xla_runtime, "_EXECUTABLES", {})
+    fresh = XlaRuntime("xla-cpu", 1, cache_dir=tmp_path)
+    program = fresh.compile(module)
+    assert fresh.compile_count == 0
+    np.testing.assert_array_equal(program(x=np.ones(3, np.float32))["y"].numpy(), np.full(3, 9.0, np.float32))
+
+
+def test_cache_key_depends_on_module_and_tp(runtimes):
+    a, b = _fresh_module(1.0), _fresh_module(2.0)
+    rt1, rt2 = runtimes(1), runtimes(2)
+    assert rt1.cache_key(a) == rt1.cache_key(_fresh_module(1.0))
+    assert rt1.cache_key(a) != rt1.cache_key(b)
+    assert rt1.cache_key(a) != rt2.cache_key(a)
+
+
+def test_compile_error_is_runtime_error(runtimes):
+    # builds (the group size is not checked against tp) but XLA's verifier rejects 3 of 4 replicas
+    module = hlo.build("bad_gather", hlo.ParamSpec(x=f32[2]), lambda p: {"g": hlo.all_gather(p.x, 0, 3)})
+    with pytest.raises(RuntimeError, match="XLA could not compile program 'bad_gather'"):
+        runtimes(4).compile(module)
+
+
+# ------------------------------------------------------------------------------------------------------ input errors
+
+@pytest.fixture(scope="module")
+def simple(rt1):
+    module = hlo.build("simple", hlo.ParamSpec(x=f32[2, 3], i=s32[3]),
+                       lambda p: {"y": p.x * 2.0, "j": p.i + 1})
+    return rt1.compile(module)
+
+
+@pytest.fixture(scope="module")
+def simple_tp2(runtimes):
+    module = hlo.build("simple", hlo.ParamSpec(x=f32[2, 3], i=s32[3]),
+                       lambda p: {"y": p.x * 2.0, "j": p.i + 1})
+    return runtimes(2).compile(module)
+
+
+X = np.ones((2, 3), np.float32)
+I = np.arange(3, dtype=np.int32)
+
+
+def test_good_inputs_and_safe_conversions(simple):
+    out = simple(x=X, i=I)
+    np.testing.assert_array_equal(out["y"].numpy(), X * 2)
+    np.testing.assert_array_equal(out["j"].numpy(), I + 1)
+    out = simple(x=np.ones((2, 3), np.int32), i=np.arange(3, dtype=np.int64))  # int into f32, int64 into s32
+    np.testing.assert_array_equal(out["y"].numpy(), X * 2)
+    np.testing.assert_array_equal(out["j"].numpy(), I + 1)
+    out = simple(x=[[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], i=[7, 8, 9])  # nested lists
+    np.testing.assert_array_equal(out["j"].numpy(), np.array([8, 9, 10], np.int32))
+    assert out["y"].numpy().dtype == np.float32
+
+
+def test_missing_input(simple):
+    with pytest.raises(RuntimeInputError) as e:
+        simple(x=X)
+    assert "'simple'" in str(e.value) and "missing inputs ['i']" in str(e.value) and "['x', 'i']" in str(e.value)
+
+
+def test_extra_input(simple):
+    with pytest.raises(RuntimeInputError) as e:
+        simple(x=X, i=I, z=I)
+    assert "unknown inputs ['z']" in str(e.value) and "['x', 'i']" in str(e.value)
+
+
+def test_wrong_shape(simple):
+    with pytest.raises(RuntimeInputError) as e:
+        simple(x=np.ones((3, 2), np.float32), i=I)
+    assert "'x'" in str(e.value) and "[2, 3]" in str(e.value) and "[3, 2]" in str(e.value)
+    with pytest.raises(RuntimeInputError, match="'i'"):
+        simple(x=X, i=np.arange(4, dtype=np.int32))
+
+
+def test_wrong_dtype(simple):
+    with pytest.raises(RuntimeInputError) as e:
+        simple(x=X, i=np.array([0.5, 1.0, 2.0]))
+    assert "'i'" in str(e.value) and "s32" in str(e.value) and "float64" in str(e.value)
+    with pytest.raises(RuntimeInputError, match="'i'.*s32"):
+        simple(x=X, i=np.arange(3, dtype=np.float32))
+    with pytest.raises(RuntimeInputError, match="'x'.*f32"):
+        simple(x=np.ones((2, 3), np.complex64), i=I)
+    with pytest.raises(RuntimeInputError, match="out of range"):
+        simple(x=X, i=np.array([0, 1, 2 ** 40], np.int64))
+
+
+def test_runtime_input_error_is_value_error():
+    assert issubclass(RuntimeInputError, ValueError)
+
+
+def test_wrong_number_of_per_rank_arrays(simple_tp2, simple):
+    with pytest.raises(RuntimeInputError) as e:
+        simple_tp2(x=PerRank([X, X, X]), i=I)
+    assert "'x'" in str(e.value) and "3 per-rank arrays" in str(e.value) and "tp_degree 2" in str(e.value)
+    with pytest.raises(RuntimeInputError, match="1 per-rank arrays for tp_degree 2"):
+        simple_tp2(x=PerRank([X]), i=I)
+    with pytest.raises(RuntimeInputError, match="2 per-rank arrays for tp_degree 1"):
+        simple(x=PerRank([X, X]), i=I)
+
+
+def test_per_rank_arrays_must_agree(simple_tp2):
+    with pytest.raises(RuntimeInputError, match="differ in shape or dtype"):
+        simple_tp2(x=PerRank([X, np.ones((3, 2), np.float32)]), i=I)
+    with pytest.raises(RuntimeInputError, match="'x'.*\\[2, 3\\]"):
+        simple_tp2(x=PerRank([np.ones((3, 2), np.float32)] * 2), i=I)
+    out = simple_tp2(x=PerRank([X, 3 * X]), i=PerRank([I, 10 * I]))
+    np.testing.assert_array_equal(out["y"].numpy(1), 6 * X)
+    np.testing.assert_array_equal(out["j"].per_rank()[1], 10 * I + 1)
+
+
+def test_device_tensor_inputs(simple, simple_tp2, runtimes):
+    rt1, rt2 = runtimes(1), runtimes(2)
+    x1 = rt1.put(X)
+    out = simple(x=x1, i=rt1.put(I))
+    np.testing.assert_array_equal(out["y"].numpy(), 2 * X)
+    assert not x1.deleted  # not aliased: not donated
+    with pytest.raises(RuntimeInputError, match="'x'.*device tensor"):
+        simple(x=rt1.put(np.ones((3, 2), np.float32)), i=I)
+    with pytest.raises(RuntimeInputError, match="other devices"):
+        simple_tp2(x=rt2.put(X), i=rt1.put(I))
+    assert rt1.put(x1) is x1
+    t = rt2.put(PerRank([X, 2 * X]))
+    assert t.shape == f32[2, 3] and "tp=2" in repr(t)
+    with pytest.raises(ValueError, match="rank 2 out of range"):
+        t.numpy(2)
+    with pytest.raises(ValueError, match="rank -1 out of range"):
+        t.numpy(-1)
+    np.testing.assert_array_equal(t.per_rank()[1], 2 * X)
+
+
+def test_rank0_host_inputs(runtimes):
+    # Python numbers and 0-d arrays for rank-0 parameters (np.ascontiguousarray would make them shape [1])
+    for tp in (1, 2):
+        rt = runtimes(tp)
+        program = rt.compile(hlo.build("scalar_in", hlo.ParamSpec(i=s32[()], v=f32[()]),
+                                       lambda p: {"y": hlo.convert(p.i, f32) + p.v}))
+        out = program(i=np.int32(3), v=0.5)
+        np.testing.assert_array_equal(out["y"].numpy(tp - 1), np.float32(3.5))
+        out = program(i=PerRank([np.int32(r) for r in range(tp)]), v=np.array(0.25, np.float32))
+        assert [float(a) for a in out["y"].per_rank()] == [r + 0.25 for r in range(tp)]
+        assert rt.put(np.float32(2.0)).shape == f32[()]
+
+
+@pytest.mark.parametrize("dtype", [hlo.s64, hlo.f64])
+def test_64bit_host_input(rt1, dtype):
+    program = rt1.compile(hlo.build("wide_in", hlo.ParamSpec(x=dtype[3]), lambda p: {"y": p.x + p.x}))
+    x = np.array([1, 2, 2 ** 40], dtype.numpy)
+    np.testing.assert_array_equal(program(x=x)["y"].numpy(), x + x)
+
+
+def test_64bit_outputs(rt1):
+    program = rt1.compile(hlo.build("wide_out", hlo.ParamSpec(x=s32[3]), lambda p: {
+        "y": hlo.convert(p.x, hlo.s64) * hlo.constant(2 ** 33, hlo.s64), "z": hlo.convert(p.x, hlo.f64)}))
+    out = program(x=np.array([1, -2, 3], np.int32))
+    np.testing.assert_array_equal(out["y"].numpy(), np.array([1, -2, 3], np.int64) * 2 ** 33)
+    assert out["z"].numpy().dtype == np.float64
+
+
+# ---------------------------------------------------------------------------------------------------- runtime setup
+
+def test_tp_beyond_cpu_devices_after_jax_started(runtimes):
+    import jax
+    runtimes(1)  # jax's CPU backend is running now, with the virtual devices hlo asked for (16)
+    n = len(jax.devices("cpu"))
+    assert n >= 16
+    with pytest.raises(ValueError, match=f"tp_degree={n + 1} needs {n + 1} cpu devices, but jax sees {n}"):
+        get_runtime("xla-cpu", tp_degree=n + 1)
+    assert len(get_runtime("xla-cpu", tp_degree=16).devices) == 16
+
+
+def test_xla_gpu_without_gpu():
+    import jax
+    try:
+        gpus = jax.devices("gpu")
+    except RuntimeError:
+        gpus = []
+    with pytest.raises(ValueError, match=f"tp_degree={len(gpus) + 1} needs {len(gpus) + 1} gpu devices"):
+        get_runtime("xla-gpu", tp_degree=len(gpus) + 1)
+
+
+@pytest.mark.parametrize("tp", [0, -1, 2.0])
+def test_bad_tp_degree(tp):
+    with pytest.raises(ValueError, match="tp_degree must be a positive integer"):
+        get_runtime("xla-cpu", tp_degree=tp)
+
+
+def test_unknown_backend():
+    with pytest.raises(ValueError, match="unknown backend 'tpu'"):
+        get_runtime("tpu")
+    with pytest.raises(ValueError, match="unknown XLA backend"):
+        XlaRuntime("tpu")
