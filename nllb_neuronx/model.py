@@ -11,6 +11,7 @@ for the last new token of each row, repeatedly; `reset()` forgets the target sid
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,7 +19,7 @@ import numpy as np
 import hlo.runtime
 from hlo.runtime import PerRank
 
-from nllb_neuronx import sharding
+from nllb_neuronx import artifacts, sharding
 from nllb_neuronx.backend import select_backend
 from nllb_neuronx.config import CompileConfig, ModelConfig
 from nllb_neuronx.decoder import build_decoder
@@ -53,18 +54,21 @@ class NLLBForSampling:
         self._source: _Source | None = None
         self._caches: dict[str, object] = {}
         self._position = 0
+        self.compiled_dir: str | None = None
 
     # ------------------------------------------------------------------------------------------------ loading
     @classmethod
     def from_pretrained(cls, path, batch_size: int = 1, tp_degree: int = 1, n_positions=(64, 128, 256),
                         encoder_buckets=(32, 64, 128, 256), amp: str = "f32", backend: str | None = None,
-                        cache_dir: str | None = None) -> "NLLBForSampling":
+                        compiled_dir: str | None = None) -> "NLLBForSampling":
+        """`path`: a local HF checkpoint directory or a hub id. `compiled_dir`: compiled artifacts to load programs
+        from and store new ones into (see `save`)."""
         path = resolve_path(path)
         model = ModelConfig.from_hf(read_config(path))  # an unsupported model fails before any weight is read
         checkpoint = Checkpoint(path)
         compile_config = CompileConfig(batch_size=batch_size, tp_degree=tp_degree, n_positions=tuple(n_positions),
                                        encoder_buckets=tuple(encoder_buckets), amp=amp, backend=backend,
-                                       cache_dir=cache_dir)
+                                       cache_dir=artifacts.programs_dir(compiled_dir) if compiled_dir else None)
         if compile_config.max_target_length > model.max_position_embeddings:
             log.info("n_positions %s exceed max_position_embeddings %d; positions are generated, so this works",
                      compile_config.n_positions, model.max_position_embeddings)
@@ -72,7 +76,9 @@ class NLLBForSampling:
         if missing:
             shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
             raise ValueError(f"checkpoint {checkpoint.path} is incomplete: missing {shown}")
-        return cls(checkpoint, model, compile_config)
+        instance = cls(checkpoint, model, compile_config)
+        instance.compiled_dir = compiled_dir
+        return instance
 
     @property
     def tp_degree(self) -> int:
@@ -86,6 +92,9 @@ class NLLBForSampling:
         """Start the runtime and upload the weights (streamed one tensor at a time, sharded per rank)."""
         backend = select_backend(self.compile_config.backend, self.tp_degree)
         self.runtime = hlo.runtime.get_runtime(backend, self.tp_degree, self.compile_config.cache_dir)
+        if self.compiled_dir:
+            artifacts.check_manifest(self.compiled_dir, artifacts.manifest(self))
+            artifacts.write_manifest_if_missing(self.compiled_dir, artifacts.manifest(self))
         layout, dtype = self.shapes.layout, self.shapes.dtype.numpy
         for spec in sharding.all_weights(self.config):
             tensor = self.checkpoint.get(spec.name)
@@ -106,6 +115,47 @@ class NLLBForSampling:
         if key not in self._programs:
             self._programs[key] = self.runtime.compile(build())
         return self._programs[key]
+
+    def program_builders(self) -> dict[tuple, object]:
+        """Every program this model's shape can run: key -> builder. Prefixes of 1 and 2 tokens (decoder start,
+        then the language code) are the ones generation uses."""
+        c, shapes = self.compile_config, self.shapes
+        builders = {}
+        for s in c.encoder_buckets:
+            builders[("encoder", s)] = lambda s=s: build_encoder(shapes, s)
+            builders[("reorder", s)] = lambda s=s: build_reorder(shapes, s)
+            for t in c.n_positions:
+                for new in (1, 2):
+                    for head in ("greedy", "logits"):
+                        builders[("decoder", head, new, t, s)] = \
+                            lambda h=head, n=new, t=t, s=s: build_decoder(shapes, n, t, s, h)
+        return builders
+
+    def compile_all(self, workers: int | None = None) -> int:
+        """Compile every program ahead of time, several at once; returns how many the runtime really compiled."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._require_runtime()
+        before = self.runtime.compile_count
+        builders = {k: b for k, b in self.program_builders().items() if k not in self._programs}
+        with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+            compiled = pool.map(lambda item: (item[0], self.runtime.compile(item[1]())), builders.items())
+            self._programs.update(dict(compiled))
+        return self.runtime.compile_count - before
+
+    def save(self, directory: str) -> None:
+        """Compile every program (those not compiled yet) and store them with a manifest in `directory`."""
+        from pathlib import Path
+
+        self._require_runtime()
+        previous = self.runtime.cache_dir
+        self.runtime.cache_dir = Path(artifacts.programs_dir(directory))
+        try:
+            self.compile_all()
+            programs = {p.module.name: self.runtime.cache_key(p.module) for p in self._programs.values()}
+        finally:
+            self.runtime.cache_dir = previous
+        artifacts.write_manifest(directory, artifacts.manifest(self), programs)
 
     def _run(self, program, **inputs):
         """Run a program: weights are fed by parameter name, the rest from `inputs`."""
@@ -213,11 +263,12 @@ class NLLBForSampling:
         return out
 
     # ---------------------------------------------------------------------------------------------- sampling
-    def sample(self, input_ids, attention_mask=None, max_new_tokens: int = 64, forced_bos_token_id: int | None = None,
+    def sample(self, input_ids, attention_mask=None, max_new_tokens: int = 64, forced_bos_token_id=None,
                decoder_start_token_id: int | None = None, eos_token_id: int | None = None) -> np.ndarray:
         """Greedy generation laid out as HF `generate()`: decoder start, then the generated tokens (the forced
-        language token first when given), rows that end early padded with pad_token_id. Batches larger than
-        `batch_size` are split and reassembled; decoding stops when every row has produced EOS."""
+        language token first when given), rows that end early padded with pad_token_id. `forced_bos_token_id` is one
+        id or one per row (rows with different target languages share a batch). Batches larger than `batch_size` are
+        split and reassembled; decoding stops when every row has produced EOS."""
         self._require_runtime()
         ids, mask = _as_batch(input_ids, attention_mask, self.config.pad_token_id)
         if max_new_tokens < 1:
@@ -229,8 +280,15 @@ class NLLBForSampling:
                 "compile with a larger n_positions bucket")
         start = self.config.decoder_start_token_id if decoder_start_token_id is None else decoder_start_token_id
         eos = self.config.eos_token_id if eos_token_id is None else eos_token_id
+        forced = None
+        if forced_bos_token_id is not None:
+            forced = np.broadcast_to(np.asarray(forced_bos_token_id, np.int64).reshape(-1), (ids.shape[0],)) \
+                if np.size(forced_bos_token_id) in (1, ids.shape[0]) else None
+            if forced is None:
+                raise ValueError(f"forced_bos_token_id must be one id or one per row ({ids.shape[0]}), "
+                                 f"got {np.size(forced_bos_token_id)}")
         chunks = [self._sample_chunk(ids[i: i + self.batch_size], mask[i: i + self.batch_size], max_new_tokens,
-                                     forced_bos_token_id, start, eos)
+                                     None if forced is None else forced[i: i + self.batch_size], start, eos)
                   for i in range(0, ids.shape[0], self.batch_size)]
         width = max(c.shape[1] for c in chunks)
         out = np.full((ids.shape[0], width), self.config.pad_token_id, np.int64)
@@ -243,12 +301,9 @@ class NLLBForSampling:
     def _sample_chunk(self, ids, mask, max_new_tokens, forced, start, eos) -> np.ndarray:
         self.encode(ids, mask)
         rows, pad = ids.shape[0], self.config.pad_token_id
-        prefix = [start] + ([forced] if forced is not None else [])
-        generated = [np.full(rows, t, np.int64) for t in prefix[1:]]
-        done = np.zeros(rows, bool)
-        if forced is not None:
-            done |= generated[0] == eos
-        feed = np.tile(np.asarray(prefix, np.int64), (rows, 1))
+        generated = [] if forced is None else [np.asarray(forced, np.int64)]
+        done = np.zeros(rows, bool) if forced is None else generated[0] == eos
+        feed = np.stack([np.full(rows, start, np.int64)] + generated, axis=1)                     # [rows, 1 or 2]
         while len(generated) < max_new_tokens and not done.all():
             token = self._decode(feed, "greedy")["next_token"].numpy(0)[:rows].astype(np.int64)
             token = np.where(done, pad, token)

@@ -57,3 +57,26 @@ def source_batch(vocab_size: int, lengths=(9, 5, 12), seed: int = 1, pad: int = 
 def hf_generate(model, ids, mask, **kwargs) -> np.ndarray:
     with torch.no_grad():
         return model.generate(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), **kwargs).numpy()
+
+
+@pytest.fixture(scope="session")
+def nllb_checkpoint(tmp_path_factory):
+    """A tiny random NLLB checkpoint with a real NllbTokenizer (BPE trained here, language codes added by it)."""
+    import json
+
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import NllbTokenizer
+
+    corpus = ["Hello world.", "How are you?", "The cat sat on the mat.", "Translation at scale is fun!",
+              "Bonjour le monde.", "Wie geht es dir?", "Machines translate many languages every day."] * 10
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = pre_tokenizers.Metaspace()
+    bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=150, special_tokens=["<s>", "<pad>", "</s>",
+                                                                                          "<unk>"]))
+    merges = [tuple(m) for m in json.loads(bpe.to_str())["model"]["merges"]]
+    tokenizer = NllbTokenizer(vocab=bpe.get_vocab(), merges=merges)
+    path = tmp_path_factory.mktemp("nllb_tok")
+    overrides = dict(TINY_CONFIGS["tiny"], vocab_size=len(tokenizer))
+    model = make_checkpoint(path, **overrides)
+    tokenizer.save_pretrained(path)
+    return str(path), model, tokenizer

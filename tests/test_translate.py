@@ -1,0 +1,146 @@
+"""Translator API and the `nllb-neuronx` CLI end to end, on a tiny random NLLB with a tokenizer made here."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from nllb_neuronx.translator import Translator
+
+SHAPE = dict(batch_size=4, n_positions=[16, 32], encoder_buckets=[16, 32])
+TEXTS = ["Hello world.", "", "How are you?", "The cat sat on the mat.", "Bonjour le monde.", "Wie geht es dir?"]
+
+
+@pytest.fixture(scope="module")
+def translator(nllb_checkpoint):
+    return Translator.from_pretrained(nllb_checkpoint[0], **SHAPE)
+
+
+def hf_translate(nllb_checkpoint, text, tgt, max_new_tokens=32, **kwargs):
+    path, hf, tokenizer = nllb_checkpoint
+    tokenizer.src_lang = "eng_Latn"
+    enc = tokenizer([text], return_tensors="pt")
+    with torch.no_grad():
+        out = hf.generate(**enc, forced_bos_token_id=tokenizer.convert_tokens_to_ids(tgt),
+                          max_new_tokens=max_new_tokens, **kwargs)
+    return tokenizer.batch_decode(out, skip_special_tokens=True)[0]
+
+
+def test_translate_equals_hf_row_by_row_and_keeps_order(translator, nllb_checkpoint):
+    out = translator.translate(TEXTS, "eng_Latn", "fra_Latn")
+    assert len(out) == len(TEXTS) and out[1] == ""
+    expected = [hf_translate(nllb_checkpoint, t, "fra_Latn") if t else "" for t in TEXTS]
+    assert out == expected
+    assert translator.translate(TEXTS, "eng_Latn", "fra_Latn") == out  # deterministic
+
+
+def test_per_row_target_languages(translator):
+    targets = ["fra_Latn", "deu_Latn", "spa_Latn", "fra_Latn", "deu_Latn", "spa_Latn"]
+    mixed = translator.translate(TEXTS, "eng_Latn", targets)
+    for code in set(targets):
+        alone = translator.translate(TEXTS, "eng_Latn", code)
+        assert [m for m, t in zip(mixed, targets) if t == code] == [a for a, t in zip(alone, targets) if t == code]
+
+
+def test_beams_equal_hf(translator, nllb_checkpoint):
+    out = translator.translate(TEXTS[:4], "eng_Latn", "fra_Latn", num_beams=2, max_new_tokens=12)
+    expected = [hf_translate(nllb_checkpoint, t, "fra_Latn", max_new_tokens=12, num_beams=2) if t else ""
+                for t in TEXTS[:4]]
+    assert out == expected
+
+
+def test_errors(translator):
+    with pytest.raises(ValueError, match=r"unknown language code 'fra_Latm'; did you mean fra_Latn"):
+        translator.translate(["Hello"], "eng_Latn", "fra_Latm")
+    with pytest.raises(ValueError, match="unknown language code 'english'"):
+        translator.translate(["Hello"], "english", "fra_Latn")
+    long_line = "Hello world. " * 20
+    with pytest.raises(ValueError, match=r"text 1 has \d+ tokens, more than the largest encoder bucket \(32\)"):
+        translator.translate(["Hi.", long_line], "eng_Latn", "fra_Latn")
+    split = translator.translate(["Hi.", long_line], "eng_Latn", "fra_Latn", split_long=True)
+    assert len(split) == 2
+    with pytest.raises(ValueError, match="num_beams=5 exceeds the compiled batch_size 4"):
+        translator.translate(["Hi."], "eng_Latn", "fra_Latn", num_beams=5)
+    with pytest.raises(ValueError, match="tgt_lang has 1 codes for 2 texts"):
+        translator.translate(["Hi.", "Yo."], "eng_Latn", ["fra_Latn"])
+
+
+def _cli(args, stdin: bytes = b""):
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    return subprocess.run([sys.executable, "-m", "nllb_neuronx.cli", *args], input=stdin, capture_output=True,
+                          env=env, timeout=300)
+
+
+def _shape_args():
+    return ["--batch-size", "4", "--n-positions", "16,32", "--encoder-buckets", "16,32"]
+
+
+def test_cli_translate_stdin_and_files(nllb_checkpoint, translator, tmp_path):
+    path = nllb_checkpoint[0]
+    text = "\n".join(TEXTS) + "\n"
+    result = _cli(["translate", "--model", path, "--src", "eng_Latn", "--tgt", "fra_Latn", *_shape_args()],
+                  text.encode())
+    assert result.returncode == 0, result.stderr.decode()
+    lines = result.stdout.decode().split("\n")[:-1]
+    assert lines == translator.translate(TEXTS, "eng_Latn", "fra_Latn")  # count, order and empty lines kept
+    src, dst = tmp_path / "in.txt", tmp_path / "out.txt"
+    src.write_text(text)
+    result = _cli(["translate", "--model", path, "--src", "eng_Latn", "--tgt", "fra_Latn", "-i", str(src),
+                   "-o", str(dst), *_shape_args()])
+    assert result.returncode == 0, result.stderr.decode()
+    assert dst.read_text().split("\n")[:-1] == lines
+
+
+def test_cli_errors(nllb_checkpoint):
+    path = nllb_checkpoint[0]
+    base = ["translate", "--model", path, "--src", "eng_Latn", *_shape_args()]
+    bad_utf8 = _cli(base + ["--tgt", "fra_Latn"], b"Hello\nok\n\xff\xfe bad\n")
+    assert bad_utf8.returncode == 2 and b"line 3 is not valid UTF-8" in bad_utf8.stderr
+    unknown = _cli(base + ["--tgt", "fra_Latm"], b"Hello\n")
+    assert unknown.returncode == 2 and b"did you mean fra_Latn" in unknown.stderr
+    too_long = _cli(base + ["--tgt", "fra_Latn"], b"ok\n" + b"Hello world. " * 20 + b"\n")
+    assert too_long.returncode == 2 and b"line 2 has" in too_long.stderr and b"--split-long" in too_long.stderr
+    missing = _cli(["translate", "--model", "/nonexistent/dir", "--src", "eng_Latn", "--tgt", "fra_Latn"])
+    assert missing.returncode == 2 and b"does not exist" in missing.stderr
+
+
+def test_artifacts_round_trip_compile_nothing(nllb_checkpoint, tmp_path, monkeypatch):
+    from hlo.runtime import xla
+    from nllb_neuronx import NLLBForSampling
+
+    path = nllb_checkpoint[0]
+    shape = dict(batch_size=2, n_positions=[8], encoder_buckets=[8])
+    store = tmp_path / "artifacts"
+    model = NLLBForSampling.from_pretrained(path, **shape).to_neuron()
+    model.save(str(store))
+    assert (store / "manifest.json").exists() and len(os.listdir(store / "programs")) == len(model.program_builders())
+    ids = np.array([[20, 30, 40, 2], [50, 60, 2, 1]])
+    expected = model.sample(ids, max_new_tokens=6, forced_bos_token_id=200)
+
+    monkeypatch.setattr(xla, "_EXECUTABLES", {})  # as a fresh process: nothing compiled in memory
+    again = NLLBForSampling.from_pretrained(path, compiled_dir=str(store), **shape).to_neuron()
+    np.testing.assert_array_equal(again.sample(ids, max_new_tokens=6, forced_bos_token_id=200), expected)
+    assert again.runtime.compile_count == 0
+
+    with pytest.raises(ValueError, match=r"do not match this model: compile.batch_size: artifacts 2, this model 3"):
+        NLLBForSampling.from_pretrained(path, compiled_dir=str(store), **{**shape, "batch_size": 3}).to_neuron()
+
+
+def test_cli_compile_and_concurrent_compiles_leave_a_valid_store(nllb_checkpoint, tmp_path):
+    path, store = nllb_checkpoint[0], tmp_path / "store"
+    args = ["compile", "--model", path, "--out", str(store), "--batch-size", "1", "--n-positions", "8",
+            "--encoder-buckets", "8"]
+    env = dict(os.environ, PYTHONPATH=os.getcwd())
+    procs = [subprocess.Popen([sys.executable, "-m", "nllb_neuronx.cli", *args], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE) for _ in range(2)]
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err.decode()
+    info = _cli(["info", "--model", path, "--compiled-dir", str(store)])
+    assert info.returncode == 0 and b"compiled artifacts: 6 programs" in info.stdout
+    assert not [f for f in os.listdir(store / "programs") if f.endswith(".tmp")]
