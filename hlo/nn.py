@@ -53,9 +53,12 @@ def relu(x: Value) -> Value:
 
 
 def cumsum(x: Value, axis: int) -> Value:
-    """Inclusive prefix sum along `axis` (a dot with a triangular matrix; exact for integers below 2**24)."""
+    """Inclusive prefix sum along `axis`. Short axes: a dot with a triangular matrix (exact for integers below
+    2**24). Long axes (a vocabulary): log2(n) shifted adds (Hillis-Steele), without an n x n matrix."""
     axis = axis % x.shape.rank
     n = x.dims[axis]
+    if n > 512:
+        return _cumsum_log_steps(x, axis)
     rows = ops.iota(Shape(x.dtype, (n, n)), 0)
     cols = ops.iota(Shape(x.dtype, (n, n)), 1)
     tri = ops.convert(ops.compare(rows, cols, "LE"), f32)                              # [n, n]: j <= i
@@ -64,3 +67,14 @@ def cumsum(x: Value, axis: int) -> Value:
     perm = list(range(x.shape.rank - 1))
     perm.insert(axis, x.shape.rank - 1)
     return ops.convert(ops.transpose(y, perm), x.dtype)
+
+
+def _cumsum_log_steps(x: Value, axis: int) -> Value:
+    n, shift = x.dims[axis], 1
+    while shift < n:
+        config = [(0, 0, 0)] * x.shape.rank
+        config[axis] = (shift, 0, 0)
+        shifted = ops.slice_in_dim(ops.pad(x, 0, config), 0, n, axis)                  # x moved right by shift
+        x = x + shifted
+        shift *= 2
+    return x

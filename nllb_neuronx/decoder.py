@@ -3,19 +3,21 @@
 One program per (P, target bucket T, source bucket S, head). P = 1 is the decode step; P > 1 a known prefix (decoder
 start + language code). The self-attention cache [L, B, N_local, T_max, D] is updated in place (aliased), and
 attention reads its first T positions, so moving to a larger bucket keeps the cache. The head is either "logits"
-(all-gathered [B, V_padded] for the last new token) or "greedy" (the argmax token id [B], chosen on the device).
+(all-gathered [B, V_padded] for the last new token), "greedy" (the argmax token id [B], chosen on the device), or
+"sample" (a token id [B] drawn on the device: temperature, then top-k, then top-p, as HF's warpers apply them,
+with one uniform number per row from the host's seeded generator).
 """
 
 from __future__ import annotations
 
 import hlo
 from hlo import nn
-from hlo.types import s32
+from hlo.types import f32, s32
 
 from nllb_neuronx import layers
 from nllb_neuronx.program_spec import ProgramShapes, weight_params
 
-HEADS = ("logits", "greedy")
+HEADS = ("logits", "greedy", "sample")
 
 
 def build_decoder(shapes: ProgramShapes, new_tokens: int, bucket: int, source_len: int, head: str) -> hlo.Module:
@@ -25,6 +27,8 @@ def build_decoder(shapes: ProgramShapes, new_tokens: int, bucket: int, source_le
     cache, cross = shapes.cache_shape(), shapes.cross_shape(source_len)
     spec = hlo.ParamSpec(input_ids=s32[b, p_len], start=s32[()], encoder_attention_mask=s32[b, source_len],
                          cache_k=cache, cache_v=cache, cross_k=cross, cross_v=cross, positions=shapes.positions_shape)
+    if head == "sample":
+        spec.add("temperature", f32[()]).add("top_k", s32[()]).add("top_p", f32[()]).add("uniform", f32[b])
     for name, shape in weight_params(shapes.decoder_weight_names(), shapes):
         spec.add(name, shape)
 
@@ -52,8 +56,11 @@ def build_decoder(shapes: ProgramShapes, new_tokens: int, bucket: int, source_le
         out = {"cache_k": caches[0], "cache_v": caches[1]}
         if head == "logits":
             out["logits"] = hlo.all_gather(logits, 1, par.tp) if par.tp > 1 else logits           # [B, V_pad]
-        else:
+        elif head == "greedy":
             out["next_token"] = greedy_token(logits, m.vocab_size, par.tp)                       # [B]
+        else:
+            out["next_token"] = sampled_token(logits, m.vocab_size, par.tp, p.temperature, p.top_k, p.top_p,
+                                              p.uniform)                                         # [B]
         return out
 
     name = f"nllb_decoder_{head}_b{b}_p{p_len}_t{bucket}_s{source_len}_tp{par.tp}"
@@ -74,3 +81,37 @@ def greedy_token(logits_local: hlo.Value, vocab_size: int, tp: int) -> hlo.Value
     bests = hlo.all_gather(hlo.reshape(best, [b, 1]), 1, tp)                                     # [B, tp]
     tokens = hlo.all_gather(hlo.reshape(token, [b, 1]), 1, tp)
     return hlo.argmax(bests, 1, indices=tokens)[1]
+
+
+def _pick(values: hlo.Value, position: hlo.Value) -> hlo.Value:
+    """values[b, position[b]] for each row: [B, V], s32[B] -> [B] (a one-hot select and sum)."""
+    b, v = values.dims
+    hit = hlo.compare(hlo.iota(s32[b, v], 1), hlo.broadcast_in_dim(position, [b, v], [0]), "EQ")
+    return hlo.reduce(hlo.select(hit, values, hlo.full(0, values.shape)), 0, [1], "add")
+
+
+def sampled_token(logits_local, vocab_size: int, tp: int, temperature, top_k, top_p, uniform) -> hlo.Value:
+    """Draw one token per row from softmax(logits / temperature), restricted to the top_k largest (top_k <= 0: no
+    limit) and to the smallest set whose mass reaches top_p (as HF: the most likely token always stays), by inverse
+    CDF with `uniform` [B] in [0, 1). Every rank computes the same draw from the all-gathered logits."""
+    b, v_local = logits_local.dims
+    full = hlo.all_gather(logits_local, 1, tp) if tp > 1 else logits_local                     # [B, Vp]
+    vp = full.dims[1]
+    index = hlo.iota(s32[b, vp], 1)
+    neg_inf = hlo.full(float("-inf"), full.shape)
+    scaled = hlo.select(hlo.compare(index, vocab_size, "LT"), full / temperature, neg_inf)      # [B, Vp]
+    values, order = hlo.sort([scaled, index], 1, descending=True)                               # [B, Vp] each
+    rank = hlo.iota(s32[b, vp], 1)
+    k = hlo.select(hlo.compare(top_k, 0, "GT"), hlo.minimum(top_k, vp), hlo.constant(vp, s32))
+    kth = _pick(values, hlo.broadcast(k - 1, [b]))                                             # [B]
+    values = hlo.select(hlo.compare(values, hlo.broadcast_in_dim(kth, [b, vp], [0]), "GE"), values, neg_inf)
+    probs = nn.softmax(values, 1)                                                               # [B, Vp]
+    before = nn.cumsum(probs, 1) - probs                                                        # mass ahead of each
+    keep = hlo.or_(hlo.compare(before, hlo.broadcast(top_p, [b, vp]), "LT"), hlo.compare(rank, 0, "EQ"))
+    probs = hlo.select(keep, probs, hlo.full(0.0, probs.shape))
+    cdf = nn.cumsum(probs, 1)                                                                   # [B, Vp]
+    total = hlo.reduce_sum(probs, [1])                                                          # [B]
+    target = hlo.broadcast_in_dim(uniform * total, [b, vp], [0])
+    position = hlo.reduce_sum(hlo.convert(hlo.compare(cdf, target, "LE"), s32), [1])            # tokens passed
+    last = hlo.reduce_sum(hlo.convert(hlo.compare(probs, 0.0, "GT"), s32), [1]) - 1             # last kept rank
+    return _pick(order, hlo.minimum(position, last))

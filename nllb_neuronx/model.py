@@ -236,7 +236,7 @@ class NLLBForSampling:
         out = self._decode(token_ids, "logits")
         return np.array(out["logits"].numpy(0)[: self._source.rows, : self.config.vocab_size])  # a writable copy
 
-    def _decode(self, token_ids, head: str):
+    def _decode(self, token_ids, head: str, **head_inputs):
         source = self._require_source()
         tokens = np.asarray(token_ids)
         if tokens.ndim == 1:
@@ -257,18 +257,30 @@ class NLLBForSampling:
         program = self._program(key, lambda: build_decoder(self.shapes, new, bucket, source.source_len, head))
         out = self._run(program, input_ids=padded, start=np.int32(self._position),
                         encoder_attention_mask=source.encoder_attention_mask, cross_k=source.cross_k,
-                        cross_v=source.cross_v, **self._caches)
+                        cross_v=source.cross_v, **head_inputs, **self._caches)
         self._caches = {"cache_k": out["cache_k"], "cache_v": out["cache_v"]}
         self._position = end
         return out
 
     # ---------------------------------------------------------------------------------------------- sampling
     def sample(self, input_ids, attention_mask=None, max_new_tokens: int = 64, forced_bos_token_id=None,
-               decoder_start_token_id: int | None = None, eos_token_id: int | None = None) -> np.ndarray:
-        """Greedy generation laid out as HF `generate()`: decoder start, then the generated tokens (the forced
-        language token first when given), rows that end early padded with pad_token_id. `forced_bos_token_id` is one
-        id or one per row (rows with different target languages share a batch). Batches larger than `batch_size` are
-        split and reassembled; decoding stops when every row has produced EOS."""
+               decoder_start_token_id: int | None = None, eos_token_id: int | None = None, do_sample: bool = False,
+               temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None) -> np.ndarray:
+        """Generation laid out as HF `generate()`: decoder start, then the generated tokens (the forced language
+        token first when given), rows that end early padded with pad_token_id. `forced_bos_token_id` is one id or one
+        per row (rows with different target languages share a batch). Greedy by default; `do_sample=True` draws each
+        token on the device from softmax(logits / temperature) within the `top_k` (0: all) most likely tokens and the
+        `top_p` nucleus, from a generator seeded with `seed`. Only token ids come back to the host. Batches larger
+        than `batch_size` are split and reassembled; decoding stops when every row has produced EOS."""
+        if do_sample:
+            if not temperature > 0:
+                raise ValueError(f"temperature must be positive, got {temperature}")
+            if not 0 < top_p <= 1:
+                raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
+            if top_k < 0:
+                raise ValueError(f"top_k must be 0 (no limit) or positive, got {top_k}")
+        sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p,
+                        rng=np.random.default_rng(seed)) if do_sample else None
         self._require_runtime()
         ids, mask = _as_batch(input_ids, attention_mask, self.config.pad_token_id)
         if max_new_tokens < 1:
@@ -288,7 +300,8 @@ class NLLBForSampling:
                 raise ValueError(f"forced_bos_token_id must be one id or one per row ({ids.shape[0]}), "
                                  f"got {np.size(forced_bos_token_id)}")
         chunks = [self._sample_chunk(ids[i: i + self.batch_size], mask[i: i + self.batch_size], max_new_tokens,
-                                     None if forced is None else forced[i: i + self.batch_size], start, eos)
+                                     None if forced is None else forced[i: i + self.batch_size], start, eos,
+                                     sampling)
                   for i in range(0, ids.shape[0], self.batch_size)]
         width = max(c.shape[1] for c in chunks)
         out = np.full((ids.shape[0], width), self.config.pad_token_id, np.int64)
@@ -298,14 +311,24 @@ class NLLBForSampling:
             row += c.shape[0]
         return out
 
-    def _sample_chunk(self, ids, mask, max_new_tokens, forced, start, eos) -> np.ndarray:
+    def _next_tokens(self, feed: np.ndarray, sampling: dict | None) -> np.ndarray:
+        """The next token of each used row, chosen on the device (greedy, or drawn when `sampling` is given)."""
+        if sampling is None:
+            out = self._decode(feed, "greedy")
+        else:
+            out = self._decode(feed, "sample", temperature=np.float32(sampling["temperature"]),
+                               top_k=np.int32(sampling["top_k"]), top_p=np.float32(sampling["top_p"]),
+                               uniform=sampling["rng"].random(self.batch_size, dtype=np.float32))
+        return out["next_token"].numpy(0)[: feed.shape[0]].astype(np.int64)
+
+    def _sample_chunk(self, ids, mask, max_new_tokens, forced, start, eos, sampling) -> np.ndarray:
         self.encode(ids, mask)
         rows, pad = ids.shape[0], self.config.pad_token_id
         generated = [] if forced is None else [np.asarray(forced, np.int64)]
         done = np.zeros(rows, bool) if forced is None else generated[0] == eos
         feed = np.stack([np.full(rows, start, np.int64)] + generated, axis=1)                     # [rows, 1 or 2]
         while len(generated) < max_new_tokens and not done.all():
-            token = self._decode(feed, "greedy")["next_token"].numpy(0)[:rows].astype(np.int64)
+            token = self._next_tokens(feed, sampling)
             token = np.where(done, pad, token)
             generated.append(token)
             done |= token == eos
