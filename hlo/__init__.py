@@ -10,6 +10,7 @@
 `hlo` knows nothing about any model: types, the builder, ops, the proto schema, and the runtimes (`hlo.runtime`).
 """
 
+# ruff: noqa: F401 - this module re-exports the language
 from hlo.builder import HloBuildError, Module, Params, ParamSpec, Value, build
 from hlo.ops import *  # noqa: F401,F403 - the ops are the language
 from hlo.ops import abs, slice  # noqa: A004 - HLO's names, exported on purpose

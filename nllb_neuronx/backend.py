@@ -11,11 +11,12 @@ log = logging.getLogger(__name__)
 def select_backend(requested: str | None, tp_degree: int) -> str:
     if requested:
         return requested
-    from hlo.runtime import neuron_available, xla_platforms
-    if neuron_available():
+    from hlo.runtime import xla_platforms
+    from hlo.runtime.neuron_platform import probe
+    found = probe()
+    if found.available:
         return "neuron"
-    platforms = xla_platforms(tp_degree)
-    if "gpu" in platforms:
-        return "xla-gpu"
-    log.info("no Neuron SDK or GPU found; using xla-cpu")
-    return "xla-cpu"
+    fallback = "xla-gpu" if "gpu" in xla_platforms(tp_degree) else "xla-cpu"
+    log.info("using %s: the neuron backend is unavailable (%s)%s", fallback, found.reason,
+             "" if fallback == "xla-gpu" else "; and jax sees no GPU")
+    return fallback

@@ -10,7 +10,7 @@ import os
 from dataclasses import MISSING, dataclass, fields
 
 AMP_DTYPES = ("f32", "bf16", "f16")
-TP_DEGREES = (1, 2, 4, 8, 16, 32)
+TP_DEGREES = (1, 2, 4, 8, 16, 24, 32)  # 24: all NeuronCores of an inf2.48xlarge
 
 
 @dataclass(frozen=True)

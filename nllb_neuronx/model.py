@@ -91,6 +91,9 @@ class NLLBForSampling:
     def to_neuron(self) -> "NLLBForSampling":
         """Start the runtime and upload the weights (streamed one tensor at a time, sharded per rank)."""
         backend = select_backend(self.compile_config.backend, self.tp_degree)
+        if backend == "neuron":  # tp and device memory checked before any device work: a clear error, not an OOM
+            from hlo.runtime.neuron_platform import check_fit
+            check_fit(*self.shapes.device_bytes(), self.tp_degree)
         self.runtime = hlo.runtime.get_runtime(backend, self.tp_degree, self.compile_config.cache_dir)
         if self.compiled_dir:
             artifacts.check_manifest(self.compiled_dir, artifacts.manifest(self))
@@ -102,7 +105,7 @@ class NLLBForSampling:
             if tensor.shape != expected:
                 raise ValueError(f"checkpoint tensor {spec.name} has shape {list(tensor.shape)}, "
                                  f"config.json implies {list(expected)}")
-            parts = [p.astype(dtype) for p in sharding.shard(spec, tensor, layout)]
+            parts = [p.astype(dtype, copy=False) for p in sharding.shard(spec, tensor, layout)]
             self._weights[spec.name] = self.runtime.put(PerRank(parts))
             del tensor, parts
         self._weights["positions"] = self.runtime.put(sinusoidal_positions(

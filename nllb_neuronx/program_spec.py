@@ -58,6 +58,16 @@ class ProgramShapes:
         m = self.model
         return self.dtype[m.decoder_layers, self.batch_size, self.layout.heads_local, source_len, m.head_dim]
 
+    def device_bytes(self) -> tuple[int, int]:
+        """(weights, state) in bytes over all ranks: the uploaded weights and positions table, and the caches, the
+        cross-attention K/V and the encoder states at the largest source bucket."""
+        tp, longest = self.compile.tp_degree, self.compile.encoder_buckets[-1]
+        names = [w.name for w in sharding.all_weights(self.model)]
+        weights = sum(shape.nbytes for _, shape in weight_params(names, self)) + self.positions_shape.nbytes
+        state = 2 * self.cache_shape().nbytes + 2 * self.cross_shape(longest).nbytes + \
+            self.dtype[self.batch_size, longest, self.model.d_model].nbytes
+        return tp * weights, tp * state
+
     def encoder_weight_names(self) -> list[str]:
         m = self.model
         names = ["shared.weight"]

@@ -8,10 +8,11 @@ BACKENDS = ("xla-cpu", "xla-gpu", "neuron")
 
 
 def neuron_available() -> bool:
-    """Whether Neuron devices and the Neuron compiler are present on this machine."""
-    import glob
-    import shutil
-    return bool(glob.glob("/dev/neuron*")) and shutil.which("neuronx-cc") is not None
+    """Whether Neuron devices and the SDK of one route are present: the PJRT plugin, or neuronx-cc and torch-neuronx.
+
+    `hlo.runtime.neuron_platform.probe()` says what was found and why a route is unusable."""
+    from hlo.runtime.neuron_platform import probe
+    return probe().available
 
 
 def xla_platforms(tp_degree: int = 1) -> list[str]:

@@ -82,6 +82,19 @@ def check_host_array(name: str, shape: Shape, value) -> np.ndarray:
     return np.asarray(array, order="C")
 
 
+def host_arrays(name: str, value, tp_degree: int, shape: Shape | None = None) -> list[np.ndarray]:
+    """One host array per rank: a `PerRank` list as given, anything else repeated; checked against `shape`."""
+    if isinstance(value, PerRank):
+        if len(value.arrays) != tp_degree:
+            raise RuntimeInputError(f"input {name!r}: {len(value.arrays)} per-rank arrays for tp_degree {tp_degree}")
+        arrays = [np.asarray(a, order="C") for a in value.arrays]
+        if len({(a.shape, a.dtype) for a in arrays}) != 1:
+            raise RuntimeInputError(f"input {name!r}: per-rank arrays differ in shape or dtype")
+        return [check_host_array(name, shape, a) for a in arrays] if shape is not None else arrays
+    array = np.asarray(value, order="C")
+    return [check_host_array(name, shape, array) if shape is not None else array] * tp_degree
+
+
 class Program:
     """A compiled module, called with its parameters by name; returns its outputs by name as DeviceTensors."""
 

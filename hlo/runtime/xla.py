@@ -19,7 +19,7 @@ import numpy as np
 
 from hlo.builder import Module
 from hlo.runtime import _jaxlib
-from hlo.runtime.base import DeviceTensor, PerRank, Program, Runtime, RuntimeInputError, check_host_array
+from hlo.runtime.base import DeviceTensor, Program, Runtime, RuntimeInputError, host_arrays
 from hlo.types import Shape
 
 log = logging.getLogger(__name__)
@@ -118,20 +118,7 @@ class XlaRuntime(Runtime):
         return DeviceTensor(self, self.replicas.put(arrays), shape)
 
     def _host_arrays(self, name: str, value, shape: Shape | None = None) -> list[np.ndarray]:
-        if isinstance(value, PerRank):
-            if len(value.arrays) != self.tp_degree:
-                raise RuntimeInputError(f"input {name!r}: {len(value.arrays)} per-rank arrays for "
-                                        f"tp_degree {self.tp_degree}")
-            arrays = [np.asarray(a, order="C") for a in value.arrays]
-            if len({(a.shape, a.dtype) for a in arrays}) != 1:
-                raise RuntimeInputError(f"input {name!r}: per-rank arrays differ in shape or dtype")
-        else:
-            arrays = [np.asarray(value, order="C")] * self.tp_degree
-        if shape is not None:
-            checked = check_host_array(name, shape, arrays[0])
-            arrays = [checked] * self.tp_degree if not isinstance(value, PerRank) else [
-                check_host_array(name, shape, a) for a in arrays]
-        return arrays
+        return host_arrays(name, value, self.tp_degree, shape)
 
     def as_device(self, name: str, shape: Shape, value):
         if isinstance(value, DeviceTensor):
