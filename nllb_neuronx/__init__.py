@@ -4,12 +4,15 @@ from nllb_neuronx.config import CompileConfig, ModelConfig
 from nllb_neuronx.model import NLLBForSampling
 
 
-def __getattr__(name):  # the adapter imports transformers' generation stack: load it only when asked for
+def __getattr__(name):  # these import transformers' generation and tokenizer stacks: load them only when asked for
     if name == "HuggingFaceGenerationModelAdapter":
         from nllb_neuronx.generation import HuggingFaceGenerationModelAdapter
         return HuggingFaceGenerationModelAdapter
+    if name == "Translator":
+        from nllb_neuronx.translator import Translator
+        return Translator
     raise AttributeError(f"module 'nllb_neuronx' has no attribute {name!r}")
 
 
-__all__ = ["CompileConfig", "HuggingFaceGenerationModelAdapter", "ModelConfig", "NLLBForSampling"]
+__all__ = ["CompileConfig", "HuggingFaceGenerationModelAdapter", "ModelConfig", "NLLBForSampling", "Translator"]
 __version__ = "0.1.0"
