@@ -86,7 +86,7 @@ class CompileConfig:
     encoder_buckets: tuple[int, ...] = (32, 64, 128, 256)
     amp: str = "f32"
     backend: str | None = None
-    cache_dir: str | None = None
+    compiled_dir: str | None = None                 # compiled artifacts to load from and store into
 
     def __post_init__(self):
         if not isinstance(self.batch_size, int) or self.batch_size < 1:

@@ -54,7 +54,6 @@ class NLLBForSampling:
         self._source: _Source | None = None
         self._caches: dict[str, object] = {}
         self._position = 0
-        self.compiled_dir: str | None = None
 
     # ------------------------------------------------------------------------------------------------ loading
     @classmethod
@@ -68,7 +67,7 @@ class NLLBForSampling:
         checkpoint = Checkpoint(path)
         compile_config = CompileConfig(batch_size=batch_size, tp_degree=tp_degree, n_positions=tuple(n_positions),
                                        encoder_buckets=tuple(encoder_buckets), amp=amp, backend=backend,
-                                       cache_dir=artifacts.programs_dir(compiled_dir) if compiled_dir else None)
+                                       compiled_dir=compiled_dir)
         if compile_config.max_target_length > model.max_position_embeddings:
             log.info("n_positions %s exceed max_position_embeddings %d; positions are generated, so this works",
                      compile_config.n_positions, model.max_position_embeddings)
@@ -76,9 +75,7 @@ class NLLBForSampling:
         if missing:
             shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
             raise ValueError(f"checkpoint {checkpoint.path} is incomplete: missing {shown}")
-        instance = cls(checkpoint, model, compile_config)
-        instance.compiled_dir = compiled_dir
-        return instance
+        return cls(checkpoint, model, compile_config)
 
     @property
     def tp_degree(self) -> int:
@@ -94,10 +91,11 @@ class NLLBForSampling:
         if backend == "neuron":  # tp and device memory checked before any device work: a clear error, not an OOM
             from hlo.runtime.neuron_platform import check_fit
             check_fit(*self.shapes.device_bytes(), self.tp_degree)
-        self.runtime = hlo.runtime.get_runtime(backend, self.tp_degree, self.compile_config.cache_dir)
-        if self.compiled_dir:
-            artifacts.check_manifest(self.compiled_dir, artifacts.manifest(self))
-            artifacts.write_manifest_if_missing(self.compiled_dir, artifacts.manifest(self))
+        store = self.compile_config.compiled_dir
+        self.runtime = hlo.runtime.get_runtime(backend, self.tp_degree, artifacts.programs_dir(store) if store else None)
+        if store:
+            artifacts.check_manifest(store, artifacts.manifest(self))
+            artifacts.write_manifest_if_missing(store, artifacts.manifest(self))
         layout, dtype = self.shapes.layout, self.shapes.dtype.numpy
         for spec in sharding.all_weights(self.config):
             tensor = self.checkpoint.get(spec.name)
