@@ -1,0 +1,156 @@
+"""Benchmark shapes: random-weight checkpoints at the real NLLB-200 configs (made once, cached on disk), the bytes a
+decode step must read (the bandwidth floor), and the CTranslate2 conversion of a checkpoint with CT2's own converter.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+
+NLLB_COMMON = dict(vocab_size=256206, max_position_embeddings=1024, scale_embedding=True, pad_token_id=1,
+                   bos_token_id=0, eos_token_id=2, decoder_start_token_id=2, activation_function="relu",
+                   dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
+
+SHAPES = {
+    "tiny": dict(vocab_size=1000, d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                 decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128, max_position_embeddings=256,
+                 scale_embedding=True, pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2,
+                 dropout=0.0, attention_dropout=0.0, activation_dropout=0.0),
+    "nllb-200-distilled-600M": dict(NLLB_COMMON, d_model=1024, encoder_layers=12, decoder_layers=12,
+                                    encoder_attention_heads=16, decoder_attention_heads=16, encoder_ffn_dim=4096,
+                                    decoder_ffn_dim=4096),
+    "nllb-200-1.3B": dict(NLLB_COMMON, d_model=1024, encoder_layers=24, decoder_layers=24, encoder_attention_heads=16,
+                          decoder_attention_heads=16, encoder_ffn_dim=8192, decoder_ffn_dim=8192),
+    "nllb-200-3.3B": dict(NLLB_COMMON, d_model=2048, encoder_layers=24, decoder_layers=24, encoder_attention_heads=16,
+                          decoder_attention_heads=16, encoder_ffn_dim=8192, decoder_ffn_dim=8192),
+}
+
+DEFAULT_CACHE_ROOT = Path(os.environ.get("NLLB_NEURONX_BENCH_CACHE", Path.home() / ".cache" / "nllb_neuronx" / "bench"))
+
+# bytes per weight element for each precision an engine may run in
+BYTES_PER_WEIGHT = {"f32": 4, "float32": 4, "bf16": 2, "f16": 2, "int8": 1}
+
+
+def checkpoint_dir(shape: str, cache_root: Path) -> Path:
+    return Path(cache_root) / shape
+
+
+def checkpoint_ready(path: Path) -> bool:
+    return (path / "config.json").exists() and any(path.glob("*.safetensors")) and (path / ".complete").exists()
+
+
+def make_checkpoint(shape: str, cache_root: Path, seed: int = 0) -> dict:
+    """Random weights at `shape`'s config, saved with save_pretrained into the cache (reused when present)."""
+    path = checkpoint_dir(shape, cache_root)
+    if checkpoint_ready(path):
+        return {"path": str(path), "created": False, "seconds": 0.0}
+    import torch
+    from transformers import M2M100Config, M2M100ForConditionalGeneration
+
+    start = time.perf_counter()
+    torch.manual_seed(seed)
+    config = M2M100Config(**SHAPES[shape])
+    model = M2M100ForConditionalGeneration(config).eval()
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    (path / ".complete").write_text(json.dumps({"shape": shape, "seed": seed}))
+    return {"path": str(path), "created": True, "seconds": time.perf_counter() - start}
+
+
+def read_config(path) -> dict:
+    return json.loads((Path(path) / "config.json").read_text())
+
+
+def decode_step_weights(config: dict) -> int:
+    """Weight elements one decode step reads: every decoder layer except the cross-attention K/V projections (the
+    encoder side, computed once per source), the final layer norm, and the LM head (the shared [V, H] embedding).
+    The few embedding rows looked up and the KV caches are not counted."""
+    h, f, v, layers = config["d_model"], config["decoder_ffn_dim"], config["vocab_size"], config["decoder_layers"]
+    self_attn = 4 * h * h + 4 * h
+    cross_q_out = 2 * h * h + 2 * h
+    ffn = 2 * h * f + f + h
+    norms = 3 * 2 * h
+    return layers * (self_attn + cross_q_out + ffn + norms) + 2 * h + v * h
+
+
+def floor_ms(config: dict, precision: str, bandwidth_gbs: float) -> tuple[float, int]:
+    """(milliseconds, bytes): the time to read the decode step's weights once at the measured bandwidth."""
+    nbytes = decode_step_weights(config) * BYTES_PER_WEIGHT[precision]
+    return nbytes / (bandwidth_gbs * 1e9) * 1e3, nbytes
+
+
+# ------------------------------------------------------------------------------------------------- CTranslate2
+class SyntheticTokenizer:
+    """What CT2's M2M100 converter asks of a tokenizer, for checkpoints that have none (random weights): token i is
+    `<s>`, `<pad>`, `</s>`, `<unk>` for 0..3, else `tok{i}`, so token strings map one to one onto the model's ids."""
+
+    bos_token, pad_token, eos_token, unk_token = "<s>", "<pad>", "</s>", "<unk>"
+    unk_token_id = 3
+    special_tokens_map: dict = {}
+    num_madeup_words = 0
+
+    def __init__(self, vocab_size: int):
+        self.tokens = ["<s>", "<pad>", "</s>", "<unk>"] + [f"tok{i}" for i in range(4, vocab_size)]
+
+    def get_vocab(self) -> dict:
+        return {t: i for i, t in enumerate(self.tokens)}
+
+    def convert_ids_to_tokens(self, i):
+        return [self.tokens[j] for j in i] if isinstance(i, (list, tuple)) else self.tokens[i]
+
+
+def ct2_dir(checkpoint: Path, quantization: str, cache_root: Path) -> Path:
+    checkpoint = Path(checkpoint).resolve()
+    stamp = f"{checkpoint}|{(checkpoint / 'config.json').stat().st_mtime_ns}"
+    digest = hashlib.sha1(stamp.encode()).hexdigest()[:10]
+    return Path(cache_root) / "ct2" / f"{checkpoint.name}-{digest}-{quantization}"
+
+
+def convert_ct2_all(checkpoint: Path, quantizations: list[str], cache_root: Path) -> dict:
+    """Each conversion, or {"error": ...} where it failed (that engine is then skipped, the others still run)."""
+    out = {}
+    for q in quantizations:
+        try:
+            out[q] = convert_ct2(checkpoint, q, cache_root)
+        except Exception as e:
+            out[q] = {"error": f"{type(e).__name__}: {e}"[:300]}
+    return out
+
+
+def convert_ct2(checkpoint: Path, quantization: str, cache_root: Path) -> dict:
+    """Convert with CT2's own TransformersConverter (weights as CT2 reads them); the tokenizer is the checkpoint's
+    when it has one, else the synthetic one above. Cached next to the random checkpoints."""
+    out = ct2_dir(checkpoint, quantization, cache_root)
+    if (out / "model.bin").exists():
+        return {"path": str(out), "created": False, "seconds": 0.0}
+    from ctranslate2.converters import TransformersConverter
+
+    vocab_size = read_config(checkpoint)["vocab_size"]
+
+    class Converter(TransformersConverter):
+        def load_tokenizer(self, tokenizer_class, model_name_or_path, **kwargs):
+            try:
+                tokenizer = tokenizer_class.from_pretrained(model_name_or_path, **kwargs)
+                if len(tokenizer.get_vocab()) >= vocab_size - 300:  # a real NLLB tokenizer
+                    return tokenizer
+            except Exception:
+                pass
+            return SyntheticTokenizer(vocab_size)
+
+    start = time.perf_counter()
+    Converter(str(checkpoint)).convert(str(out), quantization=quantization, force=True)
+    return {"path": str(out), "created": True, "seconds": time.perf_counter() - start}
+
+
+def ct2_vocabulary(model_dir) -> list[str]:
+    model_dir = Path(model_dir)
+    for name in ("shared_vocabulary.json", "target_vocabulary.json"):
+        if (model_dir / name).exists():
+            return json.loads((model_dir / name).read_text())
+    for name in ("shared_vocabulary.txt", "target_vocabulary.txt"):
+        if (model_dir / name).exists():
+            return (model_dir / name).read_text(encoding="utf-8").split("\n")[:-1]
+    raise FileNotFoundError(f"no vocabulary file in {model_dir}")
