@@ -108,21 +108,27 @@ class CompileConfig:
         return self.n_positions[-1]
 
     def encoder_bucket(self, length: int) -> int:
-        for b in self.encoder_buckets:
-            if length <= b:
-                return b
-        raise ValueError(
-            f"source of {length} tokens is longer than the largest encoder bucket {self.encoder_buckets[-1]} "
-            f"(buckets: {list(self.encoder_buckets)}); add a larger one, e.g. "
-            f"encoder_buckets={list(self.encoder_buckets) + [_next_pow2(length)]}")
+        """The smallest source bucket that holds `length` tokens."""
+        bucket = _smallest_holding(self.encoder_buckets, length)
+        if bucket is None:
+            raise ValueError(
+                f"source of {length} tokens is longer than the largest encoder bucket {self.encoder_buckets[-1]} "
+                f"(buckets: {list(self.encoder_buckets)}); add a larger one, e.g. "
+                f"encoder_buckets={list(self.encoder_buckets) + [_next_pow2(length)]}")
+        return bucket
 
     def decoder_bucket(self, length: int) -> int:
-        for b in self.n_positions:
-            if length <= b:
-                return b
-        raise ValueError(
-            f"a target of {length} tokens exceeds the largest decoder bucket {self.n_positions[-1]} "
-            f"(n_positions={list(self.n_positions)}); lower max_new_tokens or add a larger bucket")
+        """The smallest target bucket that holds `length` positions."""
+        bucket = _smallest_holding(self.n_positions, length)
+        if bucket is None:
+            raise ValueError(
+                f"a target of {length} tokens exceeds the largest decoder bucket {self.n_positions[-1]} "
+                f"(n_positions={list(self.n_positions)}); lower max_new_tokens or add a larger bucket")
+        return bucket
+
+
+def _smallest_holding(buckets: tuple[int, ...], length: int) -> int | None:
+    return next((b for b in buckets if length <= b), None)
 
 
 def _next_pow2(n: int) -> int:
