@@ -187,13 +187,10 @@ class AotRuntime(Runtime):
             loaded_here[(neff.key, self.tp_degree)] = loaded
         return Program(self, module, loaded)
 
-    def _host_arrays(self, name: str, value, shape: Shape | None = None) -> list[np.ndarray]:
-        return host_arrays(name, value, self.tp_degree, shape)
-
     def put(self, value) -> DeviceTensor:
         if isinstance(value, DeviceTensor):
             return value
-        arrays = self._host_arrays("value", value)
+        arrays = host_arrays("value", value, self.tp_degree)
         return DeviceTensor(self, _Buffer(self.device.upload(arrays)), Shape(dtype_of(arrays[0]), arrays[0].shape))
 
     def as_device(self, name: str, shape: Shape, value):
@@ -204,7 +201,7 @@ class AotRuntime(Runtime):
                 raise RuntimeInputError(f"input {name!r}: expected {shape}, got a device tensor {value.shape}")
             value._check_alive()
             return value.array
-        return _Buffer(self.device.upload(self._host_arrays(name, value, shape)))
+        return _Buffer(self.device.upload(host_arrays(name, value, self.tp_degree, shape)))
 
     def execute(self, program: Program, arrays: list) -> list:
         module, loaded = program.module, program.executable

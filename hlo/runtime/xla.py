@@ -20,7 +20,7 @@ import numpy as np
 from hlo.builder import Module
 from hlo.runtime import _jaxlib
 from hlo.runtime.base import DeviceTensor, Program, Runtime, RuntimeInputError, host_arrays
-from hlo.types import Shape
+from hlo.types import Shape, dtype_of
 
 log = logging.getLogger(__name__)
 
@@ -113,12 +113,9 @@ class XlaRuntime(Runtime):
         """Upload a host array to every rank, or a `PerRank` list of arrays one per rank."""
         if isinstance(value, DeviceTensor):
             return value
-        arrays = self._host_arrays("value", value)
-        shape = Shape(_dtype(arrays[0]), arrays[0].shape)
+        arrays = host_arrays("value", value, self.tp_degree)
+        shape = Shape(dtype_of(arrays[0]), arrays[0].shape)
         return DeviceTensor(self, self.replicas.put(arrays), shape)
-
-    def _host_arrays(self, name: str, value, shape: Shape | None = None) -> list[np.ndarray]:
-        return host_arrays(name, value, self.tp_degree, shape)
 
     def as_device(self, name: str, shape: Shape, value):
         if isinstance(value, DeviceTensor):
@@ -128,7 +125,7 @@ class XlaRuntime(Runtime):
                 raise RuntimeInputError(f"input {name!r}: expected {shape}, got a device tensor {value.shape}")
             value._check_alive()
             return value.array
-        return self.replicas.put(self._host_arrays(name, value, shape))
+        return self.replicas.put(host_arrays(name, value, self.tp_degree, shape))
 
     def execute(self, program: Program, arrays: list) -> list:
         avals = [self.replicas.aval(s.dims, s.dtype.numpy) for _, s in program.module.outputs]
@@ -142,8 +139,3 @@ class XlaRuntime(Runtime):
 
     def is_deleted(self, tensor: DeviceTensor) -> bool:
         return tensor.array.is_deleted()
-
-
-def _dtype(array: np.ndarray):
-    from hlo.types import dtype_of
-    return dtype_of(array)
