@@ -293,13 +293,7 @@ class NLLBForSampling:
                 "compile with a larger n_positions bucket")
         start = self.config.decoder_start_token_id if decoder_start_token_id is None else decoder_start_token_id
         eos = self.config.eos_token_id if eos_token_id is None else eos_token_id
-        forced = None
-        if forced_bos_token_id is not None:
-            forced = np.broadcast_to(np.asarray(forced_bos_token_id, np.int64).reshape(-1), (ids.shape[0],)) \
-                if np.size(forced_bos_token_id) in (1, ids.shape[0]) else None
-            if forced is None:
-                raise ValueError(f"forced_bos_token_id must be one id or one per row ({ids.shape[0]}), "
-                                 f"got {np.size(forced_bos_token_id)}")
+        forced = None if forced_bos_token_id is None else _one_per_row(forced_bos_token_id, ids.shape[0])
         chunks = [self._sample_chunk(ids[i: i + self.batch_size], mask[i: i + self.batch_size], max_new_tokens,
                                      None if forced is None else forced[i: i + self.batch_size], start, eos,
                                      sampling)
@@ -353,6 +347,14 @@ def _as_batch(input_ids, attention_mask, pad: int) -> tuple[np.ndarray, np.ndarr
         raise ValueError(f"input_ids must be integer token ids, got {ids.dtype}")
     mask = (ids != pad).astype(np.int32) if attention_mask is None else _to_numpy(attention_mask).reshape(ids.shape)
     return ids.astype(np.int32), mask.astype(np.int32)
+
+
+def _one_per_row(token_ids, rows: int) -> np.ndarray:
+    """One forced token id for every row, or one per row, as an int64 array of `rows`."""
+    ids = np.asarray(token_ids, np.int64).reshape(-1)
+    if ids.size not in (1, rows):
+        raise ValueError(f"forced_bos_token_id must be one id or one per row ({rows}), got {ids.size}")
+    return np.broadcast_to(ids, (rows,))
 
 
 def _used_length(mask: np.ndarray) -> int:

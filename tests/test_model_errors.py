@@ -105,3 +105,11 @@ def test_pytorch_bin_checkpoint_loads(tmp_path, tiny_checkpoint):
     a = NLLBForSampling.from_pretrained(str(tmp_path), batch_size=2, n_positions=[8], encoder_buckets=[8]).to_neuron()
     b = NLLBForSampling.from_pretrained(path, batch_size=2, n_positions=[8], encoder_buckets=[8]).to_neuron()
     np.testing.assert_array_equal(a.sample(ids, mask, max_new_tokens=6), b.sample(ids, mask, max_new_tokens=6))
+
+
+def test_forced_bos_token_id_count(model):
+    ids, mask = source_batch(128, lengths=(5, 3))
+    with pytest.raises(ValueError, match=r"forced_bos_token_id must be one id or one per row \(2\), got 3"):
+        model.sample(ids, mask, max_new_tokens=4, forced_bos_token_id=[5, 6, 7])
+    per_row = model.sample(ids, mask, max_new_tokens=4, forced_bos_token_id=[5, 6])
+    assert per_row[:, 1].tolist() == [5, 6]
