@@ -41,8 +41,8 @@ def softmax(x: Value, axis: int = -1) -> Value:
 
 
 def linear(x: Value, weight: Value, bias: Value | None = None) -> Value:
-    """x @ weight + bias, with weight laid out [in, out]; x is [..., in]."""
-    y = ops.dot_general(x, weight, ([x.shape.rank - 1], [0]))                           # [..., out]
+    """x @ weight.T + bias, with weight laid out [out, in] as in torch.nn.Linear; x is [..., in]."""
+    y = ops.dot_general(x, weight, ([x.shape.rank - 1], [1]))                           # [..., out]
     if bias is not None:
         y = y + _last_dim_broadcast(ops.convert(bias, y.dtype), y.dims)
     return y

@@ -1,6 +1,7 @@
 """The one table of how each weight is laid out and split across tensor-parallel ranks; the only place that slices.
 
-Kinds (HF Linear weights are [out, in]; we store [in, out] so that programs compute x @ W):
+Kinds (Linear weights keep HF's [out, in] layout, and programs compute x @ W.T: on XLA CPU that dot is about 1.7x
+faster for 8-row batches than x @ W with W stored [in, out], and loading needs no transpose):
 - column: Q/K/V and fc1, split on the output dimension (heads padded with empty heads when tp does not divide them)
 - row: out_proj and fc2, split on the input dimension; the program all-reduces after it, then adds the bias once
 - replicated: layer norms, row-parallel biases
@@ -110,9 +111,8 @@ def shard(spec: WeightSpec, tensor: np.ndarray, layout: Layout) -> list[np.ndarr
     size = _split_size(spec, tensor.shape, layout)
     if spec.kind in ("vocab", "column_bias"):                 # [V, H] or [N*D]: split the first dimension
         return np.split(_pad_axis(tensor, 0, size), tp, axis=0)
-    weight = tensor.T                                         # [out, in] -> [in, out]
-    axis = 1 if spec.kind == "column" else 0                  # column: split out; row: split in
-    return [np.ascontiguousarray(w) for w in np.split(_pad_axis(weight, axis, size), tp, axis=axis)]
+    axis = 0 if spec.kind == "column" else 1                  # [out, in]; column: split out; row: split in
+    return [np.ascontiguousarray(w) for w in np.split(_pad_axis(tensor, axis, size), tp, axis=axis)]
 
 
 def shard_shape(spec: WeightSpec, hf_shape: tuple[int, ...], layout: Layout) -> tuple[int, ...]:
@@ -124,7 +124,7 @@ def shard_shape(spec: WeightSpec, hf_shape: tuple[int, ...], layout: Layout) -> 
         return (local, hf_shape[1])
     if spec.kind == "column_bias":
         return (local,)
-    return (hf_shape[1], local) if spec.kind == "column" else (local, hf_shape[0])
+    return (local, hf_shape[1]) if spec.kind == "column" else (hf_shape[0], local)
 
 
 def hf_shape(spec: WeightSpec, model: ModelConfig) -> tuple[int, ...]:
