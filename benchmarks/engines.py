@@ -8,9 +8,11 @@ each single-token decode step, and the end-to-end time; `summarize` turns repeat
 How each engine is timed (the record's `timing` field). In all three the per-token figures cover the same N - 2
 single-token steps: the step that consumes the forced language token (a 2-token prefix call in nllb_neuronx) is
 left out and reported as `first_step_ms`.
-- nllb_neuronx: a manual loop over the model's own programs: `encode()` (waited for), then `_decode(tokens,
+- nllb_neuronx, greedy: a manual loop over the model's own programs: `encode()` (waited for), then `_decode(tokens,
   "greedy")` per step, each step timed until its token id is on the host. Its encoder_ms includes the cross-attention
   K/V projections of every decoder layer, which HF and CT2 compute in their first decoder step instead.
+- nllb_neuronx, beams > 1: HF `generate()` through `HuggingFaceGenerationModelAdapter`, timed as hf below (the model
+  is compiled for rows x beams).
 - hf: `model.get_encoder()` timed on its own for encoder_ms; `generate()` with a LogitsProcessor that timestamps
   every step (after the forward pass, before token choice); per-token = the gaps between consecutive stamps.
 - ct2: `translate_batch(callback=...)` stamps each step's first token callback (greedy only); per-token = the gaps.
@@ -82,8 +84,49 @@ class Bench:
         return out
 
 
+def step_stamps():
+    """A LogitsProcessor that timestamps every generate() step (after the forward pass, before token choice)."""
+    from transformers import LogitsProcessor
+
+    class StepStamps(LogitsProcessor):
+        def __init__(self):
+            self.times = []
+
+        def __call__(self, input_ids, scores):
+            self.times.append(time.perf_counter())
+            return scores
+
+    return StepStamps()
+
+
+def run_generate(model, ids_np: np.ndarray, bench: Bench, beams: int, lang_id: int) -> dict:
+    """One timed HF-style run: the encoder alone (for encoder_ms), then generate() with step stamps."""
+    import torch
+    from transformers import LogitsProcessorList
+
+    ids, mask = torch.tensor(ids_np), torch.ones(ids_np.shape, dtype=torch.long)
+    stamp = step_stamps()
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        model.get_encoder()(input_ids=ids, attention_mask=mask)
+        t1 = time.perf_counter()
+        out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=bench.new_tokens,
+                             min_new_tokens=bench.new_tokens, num_beams=beams, do_sample=False,
+                             forced_bos_token_id=lang_id, logits_processor=LogitsProcessorList([stamp]))
+        t2 = time.perf_counter()
+    gaps = np.diff(stamp.times) * 1e3
+    return {"encoder_ms": (t1 - t0) * 1e3, "first_step_ms": float(gaps[0]) if len(gaps) else None,
+            "steps_ms": gaps[1:].tolist(), "total_s": t2 - t1, "ids": out[:, 1:].numpy()}
+
+
+GENERATE_TIMING = ("LogitsProcessor timestamps per step inside generate(); per-token = gaps between steps (the first "
+                   "gap, after the forced token, excluded); encoder_ms from get_encoder() timed alone; tokens/s from "
+                   "generate() wall time")
+
+
 # ---------------------------------------------------------------------------------------------- nllb_neuronx
 def run_nllb_neuronx(job: dict, log) -> dict:
+    """Greedy: a manual loop over the model's programs. Beams: HF generate() through the adapter."""
     import atexit
     import shutil
     import tempfile
@@ -94,7 +137,7 @@ def run_nllb_neuronx(job: dict, log) -> dict:
     from nllb_neuronx import NLLBForSampling
 
     bench = Bench(job, log)
-    cfg = job["config"]
+    cfg, beams = job["config"], job["beams"]
     ids = source_batch(bench.rows, job["src_len"], cfg["vocab_size"], cfg["eos_token_id"])
     mask = np.ones_like(ids)
     start_id, lang = cfg["decoder_start_token_id"], job["lang_id"]
@@ -103,7 +146,7 @@ def run_nllb_neuronx(job: dict, log) -> dict:
 
     store = {"compiled_dir": cache_dir}  # compiled artifacts: the second, "cached" compile loads from here
     t = time.perf_counter()
-    model = NLLBForSampling.from_pretrained(job["checkpoint"], batch_size=bench.rows, tp_degree=job["tp"],
+    model = NLLBForSampling.from_pretrained(job["checkpoint"], batch_size=bench.rows * beams, tp_degree=job["tp"],
                                             n_positions=[job["n_positions"]], encoder_buckets=[job["encoder_bucket"]],
                                             amp=job["amp"], backend=job["backend"], **store).to_neuron()
     load_s = time.perf_counter() - t
@@ -131,7 +174,7 @@ def run_nllb_neuronx(job: dict, log) -> dict:
             else:
                 tensor.numpy(0)
 
-    def run_once() -> dict:
+    def greedy_once() -> dict:
         t0 = time.perf_counter()
         model.encode(ids, mask)
         sync_source()
@@ -147,6 +190,21 @@ def run_nllb_neuronx(job: dict, log) -> dict:
         total = time.perf_counter() - t0
         return {"encoder_ms": (t1 - t0) * 1e3, "first_step_ms": steps[0] if steps else 0.0, "steps_ms": steps[1:],
                 "total_s": total, "ids": np.stack(out, 1)}
+
+    if beams == 1:
+        run_once = greedy_once
+        timing = ("manual loop: encode() + block_until_ready (encoder_ms includes every decoder layer's "
+                  "cross-attention K/V projection); per step _decode(tokens, 'greedy') until the token id is on the "
+                  "host; p50/p90 over single-token steps (the 2-token prefix step excluded)")
+    else:
+        from transformers import AutoConfig
+
+        from nllb_neuronx import HuggingFaceGenerationModelAdapter
+
+        adapter = HuggingFaceGenerationModelAdapter(AutoConfig.from_pretrained(job["checkpoint"]), model)
+        run_once = lambda: run_generate(adapter, ids, bench, beams, lang)  # noqa: E731
+        timing = ("HuggingFaceGenerationModelAdapter.generate(num_beams): " + GENERATE_TIMING
+                  + "; each step returns the full logits to the host and beams reorder the device caches")
 
     compiles_before = model.runtime.compile_count
     run_once()
@@ -164,22 +222,22 @@ def run_nllb_neuronx(job: dict, log) -> dict:
     log(f"cached compile: {compile_cached_s:.2f} s ({'disk cache hit' if cached_hit else 'recompiled'})")
 
     figures = bench.measure(run_once)
-    reference = model.sample(ids, mask, max_new_tokens=bench.new_tokens, forced_bos_token_id=lang,
-                             eos_token_id=cfg["vocab_size"] + 1)
+    matches_loop = None
+    if beams == 1:
+        reference = model.sample(ids, mask, max_new_tokens=bench.new_tokens, forced_bos_token_id=lang,
+                                 eos_token_id=cfg["vocab_size"] + 1)
+        matches_loop = bool((reference[0, 1:] == figures["output_ids"]).all())
     return {**figures, "backend": model.runtime.backend, "amp": job["amp"], "load_s": load_s,
             "compile_s": compile_s, "compile_cached_s": compile_cached_s, "programs_compiled": compiles,
-            "compile_cache_hit": cached_hit,
-            "sample_matches_loop": bool((reference[0, 1:] == figures["output_ids"]).all()),
+            "compile_cache_hit": cached_hit, "sample_matches_loop": matches_loop,
             "threads": f"xla-cpu: {job['threads']} cores" if model.runtime.backend == "xla-cpu" else None,
-            "timing": "manual loop: encode() + block_until_ready (encoder_ms includes every decoder layer's "
-                      "cross-attention K/V projection); per step _decode(tokens, 'greedy') until the token id is on "
-                      "the host; p50/p90 over single-token steps (the 2-token prefix step excluded)"}
+            "timing": timing}
 
 
 # ------------------------------------------------------------------------------------------------------- HF
 def run_hf(job: dict, log) -> dict:
     import torch
-    from transformers import LogitsProcessor, LogitsProcessorList, M2M100ForConditionalGeneration
+    from transformers import M2M100ForConditionalGeneration
 
     torch.set_num_threads(job["threads"])
     bench = Bench(job, log)
@@ -190,37 +248,9 @@ def run_hf(job: dict, log) -> dict:
     load_s = time.perf_counter() - t
     log(f"loaded in {load_s:.1f} s ({model.config._attn_implementation} attention, {job['threads']} threads)")
     ids_np = source_batch(bench.rows, job["src_len"], cfg["vocab_size"], cfg["eos_token_id"])
-    ids, mask = torch.tensor(ids_np), torch.ones(ids_np.shape, dtype=torch.long)
-    beams = job["beams"]
-
-    class Stamp(LogitsProcessor):
-        def __init__(self):
-            self.times = []
-
-        def __call__(self, input_ids, scores):
-            self.times.append(time.perf_counter())
-            return scores
-
-    def run_once() -> dict:
-        stamp = Stamp()
-        with torch.inference_mode():
-            t0 = time.perf_counter()
-            model.get_encoder()(input_ids=ids, attention_mask=mask)
-            t1 = time.perf_counter()
-            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=bench.new_tokens,
-                                 min_new_tokens=bench.new_tokens, num_beams=beams, do_sample=False,
-                                 forced_bos_token_id=job["lang_id"], logits_processor=LogitsProcessorList([stamp]))
-            t2 = time.perf_counter()
-        gaps = np.diff(stamp.times) * 1e3
-        return {"encoder_ms": (t1 - t0) * 1e3, "first_step_ms": float(gaps[0]) if len(gaps) else None,
-                "steps_ms": gaps[1:].tolist(), "total_s": t2 - t1, "ids": out[:, 1:].numpy()}
-
-    figures = bench.measure(run_once)
+    figures = bench.measure(lambda: run_generate(model, ids_np, bench, job["beams"], job["lang_id"]))
     return {**figures, "backend": "torch-cpu", "amp": job["amp"], "load_s": load_s, "compile_s": None,
-            "compile_cached_s": None, "threads": f"torch: {job['threads']}",
-            "timing": "LogitsProcessor timestamps per step inside generate(); per-token = gaps between steps (the "
-                      "first gap, after the forced token, excluded); encoder_ms from get_encoder() timed alone; "
-                      "tokens/s from generate() wall time"}
+            "compile_cached_s": None, "threads": f"torch: {job['threads']}", "timing": GENERATE_TIMING}
 
 
 # ------------------------------------------------------------------------------------------------- CTranslate2

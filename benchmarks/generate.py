@@ -48,7 +48,7 @@ def parse_args(argv=None):
     what.add_argument("--model", metavar="DIR", help="a real HF M2M100/NLLB checkpoint directory instead")
     p.add_argument("--engines", default=",".join(ENGINES), help="comma-separated, from: " + ", ".join(ENGINES))
     p.add_argument("--batch-sizes", default="1,8")
-    p.add_argument("--beams", type=int, default=1, help="beam size (nllb_neuronx: greedy only, skipped when > 1)")
+    p.add_argument("--beams", type=int, default=1, help="beam size (nllb_neuronx: beams run HF generate() through its adapter)")
     p.add_argument("--src-len", type=int, default=32, help="source tokens per row (all rows this long)")
     p.add_argument("--new-tokens", type=int, default=64, help="generated tokens per row, forced exact")
     p.add_argument("--tp", type=int, default=1, help="nllb_neuronx tensor-parallel degree")
@@ -206,9 +206,6 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     settings = [(b, e) for b in args.batch_sizes for e in args.engines]
     skips = {e: engine_available(e) for e in args.engines}
-    if args.beams > 1:
-        skips["nllb_neuronx"] = (skips.get("nllb_neuronx")
-                                 or "beam search is not benchmarked for nllb_neuronx yet (greedy only)")
     quantizations = sorted({e[len("ct2-"):] for e in args.engines if e.startswith("ct2-") and not skips[e]})
     shape = Path(args.model).name if args.model else args.shape
     cache_root = Path(args.cache_root).expanduser()

@@ -74,13 +74,21 @@ def test_tiny_end_to_end(cache_root, tmp_path):
         assert (tmp_path / "plot.png").stat().st_size > 0
 
 
-def test_model_dir_and_beams_skip_nllb_neuronx(cache_root, tmp_path):
-    records, _ = run_bench(cache_root, tmp_path, "--model", str(cache_root / "tiny"), "--engines", "nllb_neuronx",
-                           "--batch-sizes", "1", "--beams", "2", "--new-tokens", "4")
-    (r,) = records
-    assert r["shape"] == "tiny" and r["num_beams"] == 2
-    assert r["status"] == "skipped" and "beam" in r["note"] and r["tokens_per_s"] is None
-    assert all(f in r for f in FIELDS)
+def test_model_dir_and_beams(cache_root, tmp_path):
+    """--model DIR instead of --shape, and beam search: nllb_neuronx runs it through the HF adapter."""
+    records, _ = run_bench(cache_root, tmp_path, "--model", str(cache_root / "tiny"), "--engines", "nllb_neuronx,hf",
+                           "--batch-sizes", "2", "--beams", "3", "--new-tokens", "5")
+    assert [r["engine"] for r in records] == ["nllb_neuronx", "hf"]
+    for r in records:
+        assert all(f in r for f in FIELDS), [f for f in FIELDS if f not in r]
+        assert r["status"] == "ok", r.get("note")
+        assert (r["shape"], r["num_beams"], r["batch_size"]) == ("tiny", 3, 2)
+        for f in ("encoder_ms", "ms_per_token_p50", "tokens_per_s", "peak_rss_mb"):
+            assert r[f] > 0, (r["engine"], f, r[f])
+        assert len(r["output_ids"]) == 5
+    neuron = records[0]
+    assert "generate(num_beams)" in neuron["timing"] and neuron["compile_cache_hit"]
+    assert neuron["matches_hf_row0"]          # beam search in f32 is token-exact with HF's
 
 
 @pytest.mark.parametrize("argv", [["--engines", "nope"], ["--new-tokens", "2"]])
