@@ -1,7 +1,9 @@
 """Time nllb_neuronx's greedy decode step alone (one program call per token), e.g. to compare XLA flags or layouts.
 
     python benchmarks/decode_step.py --batch-size 8 [--steps 30] [--json FILE]
-    XLA_FLAGS=--xla_cpu_use_xnnpack=true python benchmarks/decode_step.py --batch-size 8
+    XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type= python benchmarks/decode_step.py --batch-size 8
+
+(The second line turns off XLA CPU's default YNNPACK fusions, to compare against Eigen dots.)
 
 Uses the random-weight checkpoint that `generate.py` caches (run it once with the same --shape first), or --model.
 """
