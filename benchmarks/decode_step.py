@@ -3,7 +3,7 @@
     python benchmarks/decode_step.py --batch-size 8 [--steps 30] [--json FILE]
     XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type= python benchmarks/decode_step.py --batch-size 8
 
-(The second line turns off XLA CPU's default YNNPACK fusions, to compare against Eigen dots.)
+(The second line turns off XLA CPU's default YNNPACK fusions, to compare against XLA's other dot kernels.)
 
 Uses the random-weight checkpoint that `generate.py` caches (run it once with the same --shape first), or --model.
 """
