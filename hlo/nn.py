@@ -14,20 +14,21 @@ def _last_dim_broadcast(v: Value, dims) -> Value:
     return ops.broadcast_in_dim(v, dims, [len(dims) - 1])
 
 
-def layer_norm(x: Value, weight: Value, bias: Value, eps: float = 1e-5) -> Value:
-    """(x - mean) / sqrt(var + eps) * weight + bias over the last dimension (biased variance, as torch)."""
+def layer_norm(x: Value, weight: Value, bias: Value, eps: float = 1e-5, axis: int = -1) -> Value:
+    """(x - mean) / sqrt(var + eps) * weight + bias over dimension `axis` (the last by default; 0 for features-first
+    activations), with the biased variance, as torch."""
     dtype, dims = x.dtype, x.dims
     h = ops.convert(x, f32)
-    axis = x.shape.rank - 1
-    n = float(dims[-1])
-    keep = list(range(axis))
-    mean = ops.broadcast_in_dim(ops.reduce_sum(h, [axis]) / n, dims, keep)            # [..., H]
+    axis = axis % x.shape.rank
+    n = float(dims[axis])
+    keep = [d for d in range(x.shape.rank) if d != axis]
+    mean = ops.broadcast_in_dim(ops.reduce_sum(h, [axis]) / n, dims, keep)
     centered = h - mean
-    var = ops.reduce_sum(centered * centered, [axis]) / n                              # [...]
+    var = ops.reduce_sum(centered * centered, [axis]) / n
     inv = ops.broadcast_in_dim(ops.rsqrt(var + eps), dims, keep)
-    y = centered * inv * _last_dim_broadcast(ops.convert(weight, f32), dims) \
-        + _last_dim_broadcast(ops.convert(bias, f32), dims)
-    return ops.convert(y, dtype)
+    scale = ops.broadcast_in_dim(ops.convert(weight, f32), dims, [axis])
+    shift = ops.broadcast_in_dim(ops.convert(bias, f32), dims, [axis])
+    return ops.convert(centered * inv * scale + shift, dtype)
 
 
 def softmax(x: Value, axis: int = -1) -> Value:
@@ -45,6 +46,15 @@ def linear(x: Value, weight: Value, bias: Value | None = None) -> Value:
     y = ops.dot_general(x, weight, ([x.shape.rank - 1], [1]))                           # [..., out]
     if bias is not None:
         y = y + _last_dim_broadcast(ops.convert(bias, y.dtype), y.dims)
+    return y
+
+
+def linear_columns(x: Value, weight: Value, bias: Value | None = None) -> Value:
+    """weight @ x + bias for features-first activations: x [in, ...] (one example per column), weight [out, in]
+    as in torch.nn.Linear -> [out, ...]. The same numbers as `linear`, transposed; see its users for why."""
+    y = ops.dot_general(weight, x, ([1], [0]))                                          # [out, ...]
+    if bias is not None:
+        y = y + ops.broadcast_in_dim(ops.convert(bias, y.dtype), y.dims, [0])
     return y
 
 

@@ -1,9 +1,10 @@
 """The decoder program: P new target tokens per row at positions [start, start + P), with the KV cache on device.
 
 One program per (P, target bucket T, source bucket S, head). P = 1 is the decode step; P > 1 a known prefix (decoder
-start + language code). The self-attention cache [L, B, N_local, T_max, D] is updated in place (aliased), and
-attention reads its first T positions, so moving to a larger bucket keeps the cache. The head is either "logits"
-(all-gathered [B, V_padded] for the last new token), "greedy" (the argmax token id [B], chosen on the device), or
+start + language code). The layers run features first (`decoder_layer.py` says why): hidden states [H, P*B]. The
+self-attention cache [L, B, N_local, T_max, D] is updated in place (aliased); attention reads its first T positions,
+so moving to a larger bucket keeps the cache. The head is either "logits" (all-gathered [V_padded, B] for the last
+new token: vocab first, the LM head's natural result), "greedy" (the argmax token id [B], chosen on the device), or
 "sample" (a token id [B] drawn on the device: temperature, then top-k, then top-p, as HF's warpers apply them,
 with one uniform number per row from the host's seeded generator).
 """
@@ -14,7 +15,7 @@ import hlo
 from hlo import nn
 from hlo.types import f32, s32
 
-from nllb_neuronx import layers
+from nllb_neuronx import decoder_layer, layers
 from nllb_neuronx.program_spec import ProgramShapes, weight_params
 
 HEADS = ("logits", "greedy", "sample")
@@ -37,8 +38,10 @@ def build_decoder(shapes: ProgramShapes, new_tokens: int, bucket: int, source_le
         ids = p.input_ids                                                                        # [B, P]
         not_pad = hlo.convert(hlo.compare(ids, m.pad_token_id, "NE"), s32)
         position_ids = layers.positions(ids, nn.cumsum(not_pad, 1) + p.start, m.pad_token_id)   # [B, P]
-        h = layers.embed_tokens(ids, w("shared.weight"), shapes.embed_scale, par.tp)            # [B, P, H]
-        h = h + hlo.convert(hlo.take(p.positions, position_ids), h.dtype)
+        columns = [1, 0]                                                                         # to [P, B]
+        h = layers.embed_tokens(hlo.transpose(ids, columns), w("shared.weight"), shapes.embed_scale, par.tp)
+        h = h + hlo.convert(hlo.take(p.positions, hlo.transpose(position_ids, columns)), h.dtype)  # [P, B, H]
+        h = hlo.reshape(hlo.transpose(h, [2, 0, 1]), [m.d_model, p_len * b])                     # [H, P*B]
 
         query_pos = hlo.iota(s32[b, p_len, bucket], 1) + p.start                                 # [B, P, T]
         self_mask = layers.additive_mask(hlo.compare(hlo.iota(s32[b, p_len, bucket], 2), query_pos, "LE"))
@@ -47,15 +50,14 @@ def build_decoder(shapes: ProgramShapes, new_tokens: int, bucket: int, source_le
 
         caches = (p.cache_k, p.cache_v)
         for i in range(m.decoder_layers):
-            h, caches = layers.decoder_layer(h, self_mask, cross_mask, caches, (p.cross_k, p.cross_v), w, i,
-                                             p.start, bucket, par)
-        h = layers.layer_norm(h, w, "decoder.layer_norm")
-        last = hlo.reshape(hlo.slice_in_dim(h, p_len - 1, p_len, 1), [b, m.d_model])            # [B, H]
-        logits = hlo.dot_general(last, w("shared.weight"), ([1], [1]),
-                                 preferred_element_type=hlo.f32)                                 # [B, V_local]
+            h, caches = decoder_layer.decoder_layer(h, self_mask, cross_mask, caches, (p.cross_k, p.cross_v), w, i,
+                                                    p.start, bucket, par)
+        last = hlo.slice_in_dim(h, (p_len - 1) * b, p_len * b, 1)                                # [H, B]
+        last = decoder_layer.layer_norm(last, w, "decoder.layer_norm")
+        logits = nn.linear_columns(last, w("shared.weight"))                                     # [V_local, B]
         out = {"cache_k": caches[0], "cache_v": caches[1]}
         if head == "logits":
-            out["logits"] = hlo.all_gather(logits, 1, par.tp) if par.tp > 1 else logits           # [B, V_pad]
+            out["logits"] = hlo.all_gather(logits, 0, par.tp) if par.tp > 1 else logits           # [V_pad, B]
         elif head == "greedy":
             out["next_token"] = greedy_token(logits, m.vocab_size, par.tp)                       # [B]
         else:
@@ -68,50 +70,51 @@ def build_decoder(shapes: ProgramShapes, new_tokens: int, bucket: int, source_le
 
 
 def greedy_token(logits_local: hlo.Value, vocab_size: int, tp: int) -> hlo.Value:
-    """The first index of the maximum over the whole (vocab-sharded) vocabulary: [B, V_local] -> s32[B]."""
-    b, v_local = logits_local.dims
-    index = hlo.iota(s32[b, v_local], 1)
+    """The first index of the maximum over the whole (vocab-sharded) vocabulary: [V_local, B] -> s32[B]."""
+    v_local, b = logits_local.dims
+    index = hlo.iota(s32[v_local, b], 0)
     if tp > 1:
         index = index + hlo.convert(hlo.replica_id(), s32) * v_local                             # global vocab ids
     real = hlo.compare(index, vocab_size, "LT")                                                  # vocab padding out
     logits_local = hlo.select(real, logits_local, hlo.full(float("-inf"), logits_local.shape))
-    best, token = hlo.argmax(logits_local, 1, indices=index)                                     # [B], [B]
+    best, token = hlo.argmax(logits_local, 0, indices=index)                                     # [B], [B]
     if tp == 1:
         return token
-    bests = hlo.all_gather(hlo.reshape(best, [b, 1]), 1, tp)                                     # [B, tp]
-    tokens = hlo.all_gather(hlo.reshape(token, [b, 1]), 1, tp)
-    return hlo.argmax(bests, 1, indices=tokens)[1]
+    bests = hlo.all_gather(hlo.reshape(best, [1, b]), 0, tp)                                     # [tp, B]
+    tokens = hlo.all_gather(hlo.reshape(token, [1, b]), 0, tp)
+    return hlo.argmax(bests, 0, indices=tokens)[1]
 
 
 def _pick(values: hlo.Value, position: hlo.Value) -> hlo.Value:
-    """values[b, position[b]] for each row: [B, V], s32[B] -> [B] (a one-hot select and sum)."""
-    b, v = values.dims
-    hit = hlo.compare(hlo.iota(s32[b, v], 1), hlo.broadcast_in_dim(position, [b, v], [0]), "EQ")
-    return hlo.reduce(hlo.select(hit, values, hlo.full(0, values.shape)), 0, [1], "add")
+    """values[position[b], b] for each column: [V, B], s32[B] -> [B] (a one-hot select and sum)."""
+    v, b = values.dims
+    hit = hlo.compare(hlo.iota(s32[v, b], 0), hlo.broadcast_in_dim(position, [v, b], [1]), "EQ")
+    return hlo.reduce(hlo.select(hit, values, hlo.full(0, values.shape)), 0, [0], "add")
 
 
 def sampled_token(logits_local, vocab_size: int, tp: int, temperature, top_k, top_p, uniform) -> hlo.Value:
     """Draw one token per row from softmax(logits / temperature), restricted to the top_k largest (top_k <= 0: no
     limit) and to the smallest set whose mass reaches top_p (as HF: the most likely token always stays), by inverse
-    CDF with `uniform` [B] in [0, 1). Every rank computes the same draw from the all-gathered logits."""
-    b, v_local = logits_local.dims
-    full = hlo.all_gather(logits_local, 1, tp) if tp > 1 else logits_local                     # [B, Vp]
-    vp = full.dims[1]
-    index = hlo.iota(s32[b, vp], 1)
+    CDF with `uniform` [B] in [0, 1). Logits are [V_local, B]; every rank computes the same draw from the
+    all-gathered logits."""
+    v_local, b = logits_local.dims
+    full = hlo.all_gather(logits_local, 0, tp) if tp > 1 else logits_local                     # [Vp, B]
+    vp = full.dims[0]
+    index = hlo.iota(s32[vp, b], 0)
     neg_inf = hlo.full(float("-inf"), full.shape)
-    scaled = hlo.select(hlo.compare(index, vocab_size, "LT"), full / temperature, neg_inf)      # [B, Vp]
-    values, order = hlo.sort([scaled, index], 1, descending=True)                               # [B, Vp] each
-    rank = hlo.iota(s32[b, vp], 1)
+    scaled = hlo.select(hlo.compare(index, vocab_size, "LT"), full / temperature, neg_inf)      # [Vp, B]
+    values, order = hlo.sort([scaled, index], 0, descending=True)                               # [Vp, B] each
+    rank = index
     k = hlo.select(hlo.compare(top_k, 0, "GT"), hlo.minimum(top_k, vp), hlo.constant(vp, s32))
     kth = _pick(values, hlo.broadcast(k - 1, [b]))                                             # [B]
-    values = hlo.select(hlo.compare(values, hlo.broadcast_in_dim(kth, [b, vp], [0]), "GE"), values, neg_inf)
-    probs = nn.softmax(values, 1)                                                               # [B, Vp]
-    before = nn.cumsum(probs, 1) - probs                                                        # mass ahead of each
-    keep = hlo.or_(hlo.compare(before, hlo.broadcast(top_p, [b, vp]), "LT"), hlo.compare(rank, 0, "EQ"))
+    values = hlo.select(hlo.compare(values, hlo.broadcast_in_dim(kth, [vp, b], [1]), "GE"), values, neg_inf)
+    probs = nn.softmax(values, 0)                                                               # [Vp, B]
+    before = nn.cumsum(probs, 0) - probs                                                        # mass ahead of each
+    keep = hlo.or_(hlo.compare(before, hlo.broadcast(top_p, [vp, b]), "LT"), hlo.compare(rank, 0, "EQ"))
     probs = hlo.select(keep, probs, hlo.full(0.0, probs.shape))
-    cdf = nn.cumsum(probs, 1)                                                                   # [B, Vp]
-    total = hlo.reduce_sum(probs, [1])                                                          # [B]
-    target = hlo.broadcast_in_dim(uniform * total, [b, vp], [0])
-    position = hlo.reduce_sum(hlo.convert(hlo.compare(cdf, target, "LE"), s32), [1])            # tokens passed
-    last = hlo.reduce_sum(hlo.convert(hlo.compare(probs, 0.0, "GT"), s32), [1]) - 1             # last kept rank
+    cdf = nn.cumsum(probs, 0)                                                                   # [Vp, B]
+    total = hlo.reduce_sum(probs, [0])                                                          # [B]
+    target = hlo.broadcast_in_dim(uniform * total, [vp, b], [1])
+    position = hlo.reduce_sum(hlo.convert(hlo.compare(cdf, target, "LE"), s32), [0])            # tokens passed
+    last = hlo.reduce_sum(hlo.convert(hlo.compare(probs, 0.0, "GT"), s32), [0]) - 1             # last kept rank
     return _pick(order, hlo.minimum(position, last))

@@ -1,4 +1,6 @@
-"""M2M100/NLLB layers as pure HLO functions, mirroring HF `modeling_m2m_100.py` (names are the checkpoint's).
+"""M2M100/NLLB layers as pure HLO functions, mirroring HF `modeling_m2m_100.py` (names are the checkpoint's): the
+encoder layer and what both programs share. Activations here are [B, P, H] (rows of tokens); the decoder layer,
+written features first for decode-step speed, is in `decoder_layer.py`.
 
 Letters: B batch, S source, T target cache, P new tokens, K keys (S or T), H d_model, N heads, D head dim, V vocab;
 `_local` is per rank. `w(name)` returns the program parameter of the HF weight `name` (see `sharding.py` for layouts).
@@ -51,14 +53,18 @@ def positions(ids: hlo.Value, first: hlo.Value, pad: int) -> hlo.Value:
     return first * not_pad + pad
 
 
-def attend(q: hlo.Value, k: hlo.Value, v: hlo.Value, mask: hlo.Value) -> hlo.Value:
-    """Softmax attention: q [B, N, P, D] over k, v [B, N, K, D] with additive mask [B, P, K] -> [B, P, N*D]."""
-    b, n, p, d = q.dims
+def attention(q: hlo.Value, k: hlo.Value, v: hlo.Value, mask: hlo.Value) -> hlo.Value:
+    """Softmax attention: q [B, N, P, D] over k, v [B, N, K, D] with additive mask [B, P, K] -> [B, N, P, D]."""
     scores = hlo.dot_general(q, k, ([3], [3]), ([0, 1], [0, 1]), preferred_element_type=f32)  # [B, N, P, K]
     scores = scores + hlo.broadcast_in_dim(mask, scores.dims, [0, 2, 3])
     probs = hlo.convert(nn.softmax(scores, -1), v.dtype)                                      # [B, N, P, K]
-    ctx = hlo.dot_general(probs, v, ([3], [2]), ([0, 1], [0, 1]))                             # [B, N, P, D]
-    return hlo.reshape(hlo.transpose(ctx, [0, 2, 1, 3]), [b, p, n * d])                       # [B, P, N*D]
+    return hlo.dot_general(probs, v, ([3], [2]), ([0, 1], [0, 1]))                           # [B, N, P, D]
+
+
+def attend(q: hlo.Value, k: hlo.Value, v: hlo.Value, mask: hlo.Value) -> hlo.Value:
+    """`attention`, with the heads merged: -> [B, P, N*D]."""
+    b, n, p, d = q.dims
+    return hlo.reshape(hlo.transpose(attention(q, k, v, mask), [0, 2, 1, 3]), [b, p, n * d])
 
 
 def heads(x: hlo.Value, n_local: int) -> hlo.Value:
@@ -109,44 +115,3 @@ def encoder_layer(h: hlo.Value, mask: hlo.Value, w: Weights, prefix: str, par: P
     h = h + out_proj(attend(q, k, v, mask), w, attn, par.tp)
     x = layer_norm(h, w, f"{prefix}.final_layer_norm")
     return h + feed_forward(x, w, prefix, par.tp)
-
-
-def layer_slice(stack: hlo.Value, layer: int, length: int) -> hlo.Value:
-    """Layer `layer` of a stacked cache [L, B, N, K_max, D], keys [0, length) -> [B, N, length, D]."""
-    _, b, n, _, d = stack.dims
-    part = hlo.slice(stack, [layer, 0, 0, 0, 0], [layer + 1, b, n, length, d])
-    return hlo.reshape(part, [b, n, length, d])
-
-
-def write_cache(stack: hlo.Value, new: hlo.Value, layer: int, start: hlo.Value) -> hlo.Value:
-    """Write new keys or values [B, N, P, D] into the stacked cache [L, B, N, T, D] at target position `start`."""
-    update = hlo.reshape(new, [1, *new.dims])                                                     # [1, B, N, P, D]
-    return hlo.dynamic_update_slice(stack, update, [layer, 0, 0, start, 0])
-
-
-def decoder_layer(h, self_mask, cross_mask, caches, cross, w: Weights, layer: int, start, bucket: int,
-                  par: Parallel):
-    """One cached decoder layer over P new tokens at target positions [start, start + P).
-
-    h [B, P, H]; self_mask [B, P, T_bucket] and cross_mask [B, P, S] additive; caches (k, v) [L, B, N, T, D] are
-    returned updated; cross (k, v) [L, B, N, S, D] were computed by the encoder program.
-    """
-    prefix = f"decoder.layers.{layer}"
-    cache_k, cache_v = caches
-    x = layer_norm(h, w, f"{prefix}.self_attn_layer_norm")
-    attn = f"{prefix}.self_attn"
-    q = project_heads(x, w, f"{attn}.q_proj", par.heads_local, par.head_dim ** -0.5)             # [B, N, P, D]
-    cache_k = write_cache(cache_k, project_heads(x, w, f"{attn}.k_proj", par.heads_local), layer, start)
-    cache_v = write_cache(cache_v, project_heads(x, w, f"{attn}.v_proj", par.heads_local), layer, start)
-    keys, values = layer_slice(cache_k, layer, bucket), layer_slice(cache_v, layer, bucket)      # [B, N, T, D]
-    h = h + out_proj(attend(q, keys, values, self_mask), w, attn, par.tp)
-
-    x = layer_norm(h, w, f"{prefix}.encoder_attn_layer_norm")
-    attn = f"{prefix}.encoder_attn"
-    q = project_heads(x, w, f"{attn}.q_proj", par.heads_local, par.head_dim ** -0.5)
-    source_len = cross[0].dims[3]
-    keys, values = layer_slice(cross[0], layer, source_len), layer_slice(cross[1], layer, source_len)
-    h = h + out_proj(attend(q, keys, values, cross_mask), w, attn, par.tp)
-
-    x = layer_norm(h, w, f"{prefix}.final_layer_norm")
-    return h + feed_forward(x, w, prefix, par.tp), (cache_k, cache_v)

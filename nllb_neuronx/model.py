@@ -235,7 +235,8 @@ class NLLBForSampling:
         """Feed one new token per row ([rows] or [rows, 1]), or a known prefix ([rows, P]); returns the logits of
         the last fed token of each row, float32 [rows, vocab_size]."""
         out = self._decode(token_ids, "logits")
-        return np.array(out["logits"].numpy(0)[: self._source.rows, : self.config.vocab_size])  # a writable copy
+        logits = out["logits"].numpy(0)[: self.config.vocab_size, : self._source.rows]           # [V, rows]
+        return np.array(logits.T, order="C")                                                    # a writable copy
 
     def _decode(self, token_ids, head: str, **head_inputs):
         source = self._require_source()

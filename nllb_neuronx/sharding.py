@@ -1,7 +1,7 @@
 """The one table of how each weight is laid out and split across tensor-parallel ranks; the only place that slices.
 
-Kinds (Linear weights keep HF's [out, in] layout, and programs compute x @ W.T: on XLA CPU that dot is about 1.7x
-faster for 8-row batches than x @ W with W stored [in, out], and loading needs no transpose):
+Kinds (Linear weights keep HF's [out, in] layout, so loading needs no transpose: the encoder computes x @ W.T, the
+decoder W @ x on features-first activations, the faster form for a decode step's few tokens; see decoder_layer.py):
 - column: Q/K/V and fc1, split on the output dimension (heads padded with empty heads when tp does not divide them)
 - row: out_proj and fc2, split on the input dimension; the program all-reduces after it, then adds the bias once
 - replicated: layer norms, row-parallel biases

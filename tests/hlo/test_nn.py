@@ -34,6 +34,32 @@ def test_linear_rejects_an_in_out_weight():
         hlo.build("bad", spec, lambda p: nn.linear(p.x, p.w))
 
 
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_linear_columns_is_linear_transposed(run, check, rng, with_bias):
+    x = rng.standard_normal((3, 5), dtype=np.float32)                     # [tokens, in]
+    weight = rng.standard_normal((7, 5), dtype=np.float32)                # [out, in]
+    bias = rng.standard_normal(7, dtype=np.float32)
+    columns = np.ascontiguousarray(x.T)                                   # [in, tokens]
+    if with_bias:
+        got = run(lambda p: nn.linear_columns(p.x, p.w, p.b), x=columns, w=weight, b=bias)
+        want = torch_out(torch.nn.functional.linear, x, weight, bias)
+    else:
+        got = run(lambda p: nn.linear_columns(p.x, p.w), x=columns, w=weight)
+        want = torch_out(torch.nn.functional.linear, x, weight)
+    assert got.shape == (7, 3)
+    check(got, want.T, atol=1e-5)
+
+
+def test_layer_norm_over_the_first_axis(run, check, rng):
+    x = rng.standard_normal((8, 2, 3), dtype=np.float32) * 3 + 1         # [H, ...]: features first
+    weight = rng.standard_normal(8, dtype=np.float32)
+    bias = rng.standard_normal(8, dtype=np.float32)
+    got = run(lambda p: nn.layer_norm(p.x, p.w, p.b, axis=0), x=x, w=weight, b=bias)
+    rows = np.moveaxis(x, 0, -1)
+    want = torch_out(lambda t, w, b: torch.nn.functional.layer_norm(t, (8,), w, b, 1e-5), rows, weight, bias)
+    check(got, np.moveaxis(want, -1, 0), atol=1e-5)
+
+
 def test_layer_norm_matches_torch(run, check, rng):
     x = rng.standard_normal((2, 3, 8), dtype=np.float32) * 3 + 1
     weight = rng.standard_normal(8, dtype=np.float32)
