@@ -13,7 +13,8 @@ setup(
         "torch==2.13.0",  # exactly: the CPU wheel is on local disk; an unpinned torch pulls a multi-GB CUDA build
         "transformers>=5.0,<6",
         "tokenizers",
-        "safetensors",
+        "safetensors>=0.8",  # its numpy reader handles bf16
+        "ml_dtypes",  # bfloat16 for numpy (safetensors' numpy reader of bf16 checkpoints); comes with jax
         "sentencepiece",
         "protobuf>=4.21",
         "numpy",

@@ -131,8 +131,8 @@ def run_nllb_neuronx(job: dict, log) -> dict:
     import shutil
     import tempfile
 
-    import transformers.models.m2m_100.modeling_m2m_100  # noqa: F401  (imported by to_neuron(); not load time)
-
+    # Greedy runs without torch or transformers in the process, as users' greedy decoding does (their imports alone
+    # are ~330 MB of RSS); beams import them for HF generate().
     import hlo.runtime.xla as xla_runtime
     from nllb_neuronx import NLLBForSampling
 

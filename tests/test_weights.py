@@ -1,0 +1,52 @@
+"""Reading checkpoints and the positions table: what the model uploads before any program runs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import torch
+from transformers.models.m2m_100.modeling_m2m_100 import M2M100SinusoidalPositionalEmbedding
+
+from nllb_neuronx.model import sinusoidal_positions
+from nllb_neuronx.weights import Checkpoint
+
+
+@pytest.mark.parametrize("rows, dim, atol", [(50, 16, 1e-7), (258, 1024, 4e-6), (1100, 1024, 3e-5), (40, 17, 1e-7)])
+def test_positions_table_matches_hf(rows, dim, atol):
+    want = M2M100SinusoidalPositionalEmbedding.get_embedding(rows, dim, 1).float().numpy()
+    got = sinusoidal_positions(rows, dim, 1)
+    assert got.dtype == np.float32 and got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=0, atol=atol)
+    assert not got[1].any()                                       # the pad row is zero
+
+
+def test_bf16_checkpoint_reads_as_float32(tiny_checkpoint, tmp_path):
+    _, hf = tiny_checkpoint
+    hf.to(torch.bfloat16).save_pretrained(tmp_path)
+    hf.float()                                                    # the session's reference model stays f32
+    got = Checkpoint(tmp_path).get("decoder.layers.0.fc1.weight")
+    want = hf.model.decoder.layers[0].fc1.weight.detach().to(torch.bfloat16).float().numpy()
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, want)
+
+
+def test_greedy_decoding_needs_neither_torch_nor_transformers(tiny_checkpoint):
+    """Loading a safetensors checkpoint and decoding keep torch and transformers out of the process: their imports
+    alone are about 330 MB of resident memory."""
+    path, _ = tiny_checkpoint
+    script = textwrap.dedent(f"""
+        import sys
+        import numpy as np
+        from nllb_neuronx import NLLBForSampling
+        model = NLLBForSampling.from_pretrained({path!r}, batch_size=2, n_positions=[8], encoder_buckets=[8])
+        out = model.to_neuron().sample(np.array([[5, 6, 2], [7, 2, 1]]), max_new_tokens=3)
+        assert out.shape[0] == 2, out.shape
+        print(sorted(m for m in ("torch", "transformers") if m in sys.modules))
+    """)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
