@@ -54,7 +54,8 @@ def build_decoder(shapes: ProgramShapes, new_tokens: int, bucket: int, source_le
                                                     p.start, bucket, par)
         last = hlo.slice_in_dim(h, (p_len - 1) * b, p_len * b, 1)                                # [H, B]
         last = decoder_layer.layer_norm(last, w, "decoder.layer_norm")
-        logits = nn.linear_columns(last, w("shared.weight"))                                     # [V_local, B]
+        logits = hlo.dot_general(w("shared.weight"), last, ([1], [0]),
+                                 preferred_element_type=f32)                                     # [V_local, B]
         out = {"cache_k": caches[0], "cache_v": caches[1]}
         if head == "logits":
             out["logits"] = hlo.all_gather(logits, 0, par.tp) if par.tp > 1 else logits           # [V_pad, B]

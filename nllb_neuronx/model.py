@@ -337,7 +337,7 @@ def sinusoidal_positions(rows: int, dim: int, pad: int) -> np.ndarray:
     """HF's M2M100 sinusoidal table [rows, dim] f32: sin | cos of position * 10000^(-i / (dim/2 - 1)), row `pad`
     zero. Computed as HF does in f32 (the same f32 frequencies and angles), with exp, sin and cos rounded correctly
     from float64, where torch's f32 functions are sometimes 1 ulp off: entries within 4e-6 of HF's table for 256
-    positions, 3e-5 for 1,100 (tests/test_positions.py). numpy rather than HF's function keeps torch and
+    positions, 3e-5 for 1,100 (tests/test_weights.py). numpy rather than HF's function keeps torch and
     transformers out of the process (about 330 MB of RSS and seconds of import)."""
     half = dim // 2
     step = np.float32(math.log(10000) / (half - 1))

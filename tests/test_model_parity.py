@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ml_dtypes
 import numpy as np
 import pytest
 import torch
@@ -101,3 +102,15 @@ def test_bf16_agrees_with_f32(tiny_checkpoint):
     agreement = float((f32[:, :width] == bf16[:, :width]).mean())
     print(f"bf16 vs f32 greedy token agreement: {agreement:.1%}")
     assert agreement >= 0.5
+
+
+def test_bf16_logits_come_back_in_f32(tiny_checkpoint):
+    """The LM head accumulates in f32 whatever the amp type: bf16 logits would tie often and lose the ranking."""
+    path, hf = tiny_checkpoint
+    ids, mask = source_batch(hf.config.vocab_size)
+    model = load(path, amp="bf16")
+    model.encode(ids, mask)
+    logits = model.decode_step(np.full(len(ids), hf.config.decoder_start_token_id))
+    assert logits.dtype == np.float32 and logits.shape == (len(ids), hf.config.vocab_size)
+    as_bf16 = logits.astype(ml_dtypes.bfloat16).astype(np.float32)
+    assert (logits != as_bf16).any()                              # values a bf16 result could not hold
