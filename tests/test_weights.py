@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 import textwrap
@@ -26,10 +27,10 @@ def test_positions_table_matches_hf(rows, dim, atol):
 
 def test_bf16_checkpoint_reads_as_float32(tiny_checkpoint, tmp_path):
     _, hf = tiny_checkpoint
-    hf.to(torch.bfloat16).save_pretrained(tmp_path)
-    hf.float()                                                    # the session's reference model stays f32
+    bf16 = copy.deepcopy(hf).to(torch.bfloat16)                   # the session's reference model stays f32
+    bf16.save_pretrained(tmp_path)
     got = Checkpoint(tmp_path).get("decoder.layers.0.fc1.weight")
-    want = hf.model.decoder.layers[0].fc1.weight.detach().to(torch.bfloat16).float().numpy()
+    want = bf16.model.decoder.layers[0].fc1.weight.detach().float().numpy()
     assert got.dtype == np.float32
     np.testing.assert_array_equal(got, want)
 
