@@ -15,16 +15,20 @@ def torch_out(fn, *arrays):
 
 
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_linear_takes_torch_weight_layout(run, check, rng, with_bias):
+@pytest.mark.parametrize("features_first", [False, True])
+def test_linear_takes_torch_weight_layout(run, check, rng, with_bias, features_first):
+    """nn.linear on rows of tokens [..., in]; nn.linear_columns on the same tokens as columns [in, tokens]."""
     x = rng.standard_normal((2, 3, 5), dtype=np.float32)                  # [B, P, in]
     weight = rng.standard_normal((7, 5), dtype=np.float32)                # [out, in], as torch.nn.Linear
     bias = rng.standard_normal(7, dtype=np.float32)
-    if with_bias:
-        got = run(lambda p: nn.linear(p.x, p.w, p.b), x=x, w=weight, b=bias)
-        want = torch_out(torch.nn.functional.linear, x, weight, bias)
-    else:
-        got = run(lambda p: nn.linear(p.x, p.w), x=x, w=weight)
-        want = torch_out(torch.nn.functional.linear, x, weight)
+    want = torch_out(torch.nn.functional.linear, x, weight, *([bias] if with_bias else []))   # [B, P, out]
+    inputs = {"x": x, "w": weight, **({"b": bias} if with_bias else {})}
+    if features_first:
+        inputs["x"] = np.ascontiguousarray(x.reshape(6, 5).T)             # [in, tokens]
+        want = want.reshape(6, 7).T                                       # [out, tokens]
+    linear = nn.linear_columns if features_first else nn.linear
+    got = run(lambda p: linear(p.x, p.w, p.b if with_bias else None), **inputs)
+    assert got.shape == want.shape
     check(got, want, atol=1e-5)
 
 
@@ -34,39 +38,15 @@ def test_linear_rejects_an_in_out_weight():
         hlo.build("bad", spec, lambda p: nn.linear(p.x, p.w))
 
 
-@pytest.mark.parametrize("with_bias", [True, False])
-def test_linear_columns_is_linear_transposed(run, check, rng, with_bias):
-    x = rng.standard_normal((3, 5), dtype=np.float32)                     # [tokens, in]
-    weight = rng.standard_normal((7, 5), dtype=np.float32)                # [out, in]
-    bias = rng.standard_normal(7, dtype=np.float32)
-    columns = np.ascontiguousarray(x.T)                                   # [in, tokens]
-    if with_bias:
-        got = run(lambda p: nn.linear_columns(p.x, p.w, p.b), x=columns, w=weight, b=bias)
-        want = torch_out(torch.nn.functional.linear, x, weight, bias)
-    else:
-        got = run(lambda p: nn.linear_columns(p.x, p.w), x=columns, w=weight)
-        want = torch_out(torch.nn.functional.linear, x, weight)
-    assert got.shape == (7, 3)
-    check(got, want.T, atol=1e-5)
-
-
-def test_layer_norm_over_the_first_axis(run, check, rng):
-    x = rng.standard_normal((8, 2, 3), dtype=np.float32) * 3 + 1         # [H, ...]: features first
+@pytest.mark.parametrize("axis", [-1, 0])                                 # rows of tokens, or features first
+def test_layer_norm_matches_torch(run, check, rng, axis):
+    rows = rng.standard_normal((2, 3, 8), dtype=np.float32) * 3 + 1       # [..., H]
     weight = rng.standard_normal(8, dtype=np.float32)
     bias = rng.standard_normal(8, dtype=np.float32)
-    got = run(lambda p: nn.layer_norm(p.x, p.w, p.b, axis=0), x=x, w=weight, b=bias)
-    rows = np.moveaxis(x, 0, -1)
     want = torch_out(lambda t, w, b: torch.nn.functional.layer_norm(t, (8,), w, b, 1e-5), rows, weight, bias)
-    check(got, np.moveaxis(want, -1, 0), atol=1e-5)
-
-
-def test_layer_norm_matches_torch(run, check, rng):
-    x = rng.standard_normal((2, 3, 8), dtype=np.float32) * 3 + 1
-    weight = rng.standard_normal(8, dtype=np.float32)
-    bias = rng.standard_normal(8, dtype=np.float32)
-    got = run(lambda p: nn.layer_norm(p.x, p.w, p.b), x=x, w=weight, b=bias)
-    want = torch_out(lambda t, w, b: torch.nn.functional.layer_norm(t, (8,), w, b, 1e-5), x, weight, bias)
-    check(got, want, atol=1e-5)
+    x = np.ascontiguousarray(np.moveaxis(rows, -1, axis))
+    got = run(lambda p: nn.layer_norm(p.x, p.w, p.b, axis=axis), x=x, w=weight, b=bias)
+    check(got, np.moveaxis(want, -1, axis), atol=1e-5)
 
 
 @pytest.mark.parametrize("axis", [0, -1])
