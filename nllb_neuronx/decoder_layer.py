@@ -1,8 +1,8 @@
 """One cached M2M100/NLLB decoder layer, features first: the layout in which a decode step reads each weight fast.
 
 Activations are [H, C]: features first, one column per new token, columns ordered (p, b) (C = P*B). Every linear is
-W[out, in] @ x[in, C] -> [out, C] (`nn.linear_columns`). For a decode step's few columns, XLA CPU runs that dot
-2.5-3x faster than x @ W.T (batch 8: the 256k-row LM head 64 vs 190 ms, fc1 1.2 vs 4.1 ms; see
+W[out, in] @ x[in, C] -> [out, C] (`nn.linear_columns`). At batch 8, XLA CPU runs that dot about 3x faster than
+x @ W.T (the 256k-row LM head 64-71 vs 190-205 ms, fc1 0.8-1.2 vs 3.2-4.1 ms; batch 1 about even; see
 benchmarks/RESULTS.md): its kernel packs only the small operand. XLA folds a transpose of a dot's result back into
 x @ W.T, so the decoder keeps this layout end to end and never transposes a projection's output.
 
