@@ -53,7 +53,7 @@ def build_decoder(shapes: ProgramShapes, new_tokens: int, bucket: int, source_le
             h, caches = decoder_layer.decoder_layer(h, self_mask, cross_mask, caches, (p.cross_k, p.cross_v), w, i,
                                                     p.start, bucket, par)
         last = hlo.slice_in_dim(h, (p_len - 1) * b, p_len * b, 1)                                # [H, B]
-        last = decoder_layer.layer_norm(last, w, "decoder.layer_norm")
+        last = layers.layer_norm(last, w, "decoder.layer_norm", axis=0)
         logits = hlo.dot_general(w("shared.weight"), last, ([1], [0]),
                                  preferred_element_type=f32)                                     # [V_local, B]
         out = {"cache_k": caches[0], "cache_v": caches[1]}
@@ -98,7 +98,7 @@ def sampled_token(logits_local, vocab_size: int, tp: int, temperature, top_k, to
     limit) and to the smallest set whose mass reaches top_p (as HF: the most likely token always stays), by inverse
     CDF with `uniform` [B] in [0, 1). Logits are [V_local, B]; every rank computes the same draw from the
     all-gathered logits."""
-    v_local, b = logits_local.dims
+    b = logits_local.dims[1]
     full = hlo.all_gather(logits_local, 0, tp) if tp > 1 else logits_local                     # [Vp, B]
     vp = full.dims[0]
     index = hlo.iota(s32[vp, b], 0)

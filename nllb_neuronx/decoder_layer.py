@@ -16,11 +16,7 @@ from __future__ import annotations
 
 import hlo
 from hlo import nn
-from nllb_neuronx.layers import Parallel, Weights, all_reduce, attention
-
-
-def layer_norm(x: hlo.Value, w: Weights, name: str) -> hlo.Value:
-    return nn.layer_norm(x, w(f"{name}.weight"), w(f"{name}.bias"), eps=1e-5, axis=0)
+from nllb_neuronx.layers import Parallel, Weights, all_reduce, attention, layer_norm
 
 
 def project_heads(x: hlo.Value, w: Weights, name: str, n_local: int, p_len: int, scale: float = 1.0) -> hlo.Value:
@@ -68,7 +64,7 @@ def decoder_layer(h, self_mask, cross_mask, caches, cross, w: Weights, layer: in
     p_len = self_mask.dims[1]
     n, scale = par.heads_local, par.head_dim ** -0.5
     cache_k, cache_v = caches
-    x = layer_norm(h, w, f"{prefix}.self_attn_layer_norm")
+    x = layer_norm(h, w, f"{prefix}.self_attn_layer_norm", axis=0)
     attn = f"{prefix}.self_attn"
     q = project_heads(x, w, f"{attn}.q_proj", n, p_len, scale)                                # [B, N, P, D]
     cache_k = write_cache(cache_k, project_heads(x, w, f"{attn}.k_proj", n, p_len), layer, start)
@@ -76,13 +72,13 @@ def decoder_layer(h, self_mask, cross_mask, caches, cross, w: Weights, layer: in
     keys, values = layer_slice(cache_k, layer, bucket), layer_slice(cache_v, layer, bucket)      # [B, N, T, D]
     h = h + row_parallel(attend(q, keys, values, self_mask), w, f"{attn}.out_proj", par.tp)
 
-    x = layer_norm(h, w, f"{prefix}.encoder_attn_layer_norm")
+    x = layer_norm(h, w, f"{prefix}.encoder_attn_layer_norm", axis=0)
     attn = f"{prefix}.encoder_attn"
     q = project_heads(x, w, f"{attn}.q_proj", n, p_len, scale)
     source_len = cross[0].dims[3]
     keys, values = layer_slice(cross[0], layer, source_len), layer_slice(cross[1], layer, source_len)
     h = h + row_parallel(attend(q, keys, values, cross_mask), w, f"{attn}.out_proj", par.tp)
 
-    x = layer_norm(h, w, f"{prefix}.final_layer_norm")
+    x = layer_norm(h, w, f"{prefix}.final_layer_norm", axis=0)
     ffn = nn.relu(nn.linear_columns(x, w(f"{prefix}.fc1.weight"), w(f"{prefix}.fc1.bias")))   # [F_local, P*B]
     return h + row_parallel(ffn, w, f"{prefix}.fc2", par.tp), (cache_k, cache_v)

@@ -92,8 +92,9 @@ def feed_forward(x: hlo.Value, w: Weights, prefix: str, tp: int) -> hlo.Value:
     return y + hlo.broadcast_in_dim(hlo.convert(w(f"{prefix}.fc2.bias"), y.dtype), y.dims, [2])
 
 
-def layer_norm(x: hlo.Value, w: Weights, name: str) -> hlo.Value:
-    return nn.layer_norm(x, w(f"{name}.weight"), w(f"{name}.bias"), eps=1e-5)
+def layer_norm(x: hlo.Value, w: Weights, name: str, axis: int = -1) -> hlo.Value:
+    """The checkpoint's LayerNorm `name` over the features: the last axis, or 0 for features-first activations."""
+    return nn.layer_norm(x, w(f"{name}.weight"), w(f"{name}.bias"), eps=1e-5, axis=axis)
 
 
 @dataclass(frozen=True)
