@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--out", required=True, help="artifacts directory")
     ex = sub.add_parser("export-hlo", help="write every program's HLO (.hlo.pb, .hlo.txt) and a manifest; check "
                                            "them for Neuron (exit 1 listing violations)")
-    ex.add_argument("--model", required=True, help="HF checkpoint directory (or hub id); only config.json is used")
+    ex.add_argument("--model", required=True, help="HF checkpoint directory (or hub id); no weight is read")
     ex.add_argument("--out", required=True, help="directory to write into")
     ex.add_argument("--tp", type=int, default=1, help="tensor-parallel degree")
     ex.add_argument("--batch-size", type=int, default=8)

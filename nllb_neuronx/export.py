@@ -1,5 +1,5 @@
 """Every program of a model's shape as files: what a Neuron user hands to `neuronx-cc compile --framework XLA` by
-hand, and what goes into a bug report. No device and no weights are needed: programs are built from the shape.
+hand, and what goes into a bug report. No device is needed and no weight is read: programs are built from the shape.
 
     nllb-neuronx export-hlo --model DIR --out DIR [--tp 8 --batch-size 8 --amp bf16 ...]
 

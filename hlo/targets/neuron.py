@@ -1,8 +1,8 @@
 """Does neuronx-cc take this module? A check of a built `hlo.Module` against what AWS documents for the Neuron
 compiler, so that every backend gets HLO a NeuronCore can run and the CPU tests test that same HLO.
 
-Each rule comes from the Neuron SDK documentation or from what transformers-neuronx / NxD(I) emit (research notes with
-sources: the project's NEURON-FACTS.md, sections 1-3):
+Each rule comes from the Neuron SDK documentation (aws-neuron/aws-neuron-sdk: the compiler's supported-operator table
+and error codes, the data-types page) or from what transformers-neuronx and NxD(I) emit:
 
 - `replica-id`: no `replica-id`/`partition-id` (transformers-neuronx marks ReplicaId unsupported; it and NxD give each
   rank its number as a per-rank parameter: `hlo.rank()`).
