@@ -114,5 +114,19 @@ def test_sample_tiles_change_nothing_and_nan_rows_get_minus_one():
 
 def test_top_candidates_cap_must_leave_tiles_smaller():
     with pytest.raises(ValueError, match="at most half the sort tile 16"):
-        hlo.build("bad", hlo.ParamSpec(x=f32[40, 2]), lambda p: dict(zip("vi", heads.top_candidates(
-            p.x, hlo.iota(s32[40, 2], 0), 9, 16))))
+        hlo.build("bad", hlo.ParamSpec(x=f32[2, 40]), lambda p: dict(zip("vi", heads.top_candidates(
+            p.x, hlo.iota(s32[2, 40], 1), 9, 16))))
+
+
+@pytest.mark.parametrize("n, k, tile", [(100, 7, 16), (100, 7, 128), (300, 8, 16)])
+def test_top_candidates_order_ties_by_id(n, k, tile):
+    """Many equal values: the k largest, largest first, equal values by the smaller id, whatever the tiling."""
+    x = np.random.default_rng(5).integers(0, 6, (3, n)).astype(np.float32)
+    x[1, 50:] = -np.inf                                                   # fewer finite values than tiles hold
+    module = hlo.build(f"top_{n}_{k}_{tile}", hlo.ParamSpec(x=f32[3, n]), lambda p: dict(zip("vi", heads.top_candidates(
+        p.x, hlo.iota(s32[3, n], 1) + 1000, k, tile))))
+    assert neuron.check(module) == []
+    out = get_runtime("xla-cpu", 1).compile(module)(x=x)
+    want = np.stack([np.lexsort((np.arange(n), -row))[:k] for row in x])
+    np.testing.assert_array_equal(out["i"].numpy(0), want + 1000)
+    np.testing.assert_array_equal(out["v"].numpy(0), np.take_along_axis(x, want, 1))
