@@ -5,14 +5,14 @@
 - `sample`: one token per row drawn on the device, s32[B]: temperature, top-k, top-p (as HF's warpers apply them),
   and an inverse-CDF draw with one uniform number per row from the host's seeded generator.
 
-Written for neuronx-cc as NEURON-FACTS.md describes it (`hlo.targets.neuron` checks it): the rank comes from
-`hlo.rank()`, argmax is a reduce-max then a reduce-min, and sampling never sorts the vocabulary. Each rank keeps the
+Written for neuronx-cc as AWS documents it (`hlo.targets.neuron` checks it): the rank comes from `hlo.rank()`,
+argmax is a reduce-max then a reduce-min, and sampling never sorts the whole vocabulary. Each rank keeps the
 `max_top_k` (K) most likely of its shard, sorting tiles of at most 16,384 logits (the TopK limit neuronx-cc's sort
 rewrite hits, NCC_EVRF014); the ranks all-gather only those tp x K candidates, and temperature, top-k, top-p and the
 draw apply to the K most likely of them. transformers-neuronx and NxDI sample the same way (NxDI's default K is 256).
+So `top_k=0` (HF: no top-k limit) means the K most likely here; `top_k > K` is refused by `NLLBForSampling.sample`.
 On XLA CPU this is also faster: the sampling head alone at NLLB's vocabulary, batch 8, tp 1, takes about 90 ms against
 2.6 s for the former sort of the whole vocabulary (measured on the 2-core development machine).
-So `top_k=0` (HF: no top-k limit) means the K most likely here; `top_k > K` is refused by `NLLBForSampling.sample`.
 
 A row whose logits hold a NaN gets the token -1 from `greedy` and `sample` (-1 is never a token id, so the host can
 tell the row apart; it used to be INT32_MAX).
