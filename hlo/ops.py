@@ -474,9 +474,9 @@ def argmax(x: Value, dimension: int, index_dtype: DType = s32, index_offset: Val
     """(max, first index of the max) along `dimension`: a reduce-max, then the smallest index whose value equals the
     max (a reduce-min), so no variadic reduce, which neuronx-cc does not take. `index_offset` (a scalar of
     `index_dtype`) is added to every index, for a shard of a larger axis; or `indices` (same dimensions as `x`) gives
-    each element's index outright. Ties go to the smallest index, as numpy and torch do. Where a row holds a NaN its
+    each element's index outright. Ties go to the smallest index, as numpy and torch do. Where a row holds a NaN, XLA's
     max is NaN and no value equals it: the index is then the index type's largest value (a caller that must tell
-    NaN rows apart tests the max for NaN)."""
+    NaN rows apart tests the row for NaN itself, as a backend's max may skip NaN)."""
     dimension = _axis("argmax", dimension, x.shape.rank, x)
     if indices is None:
         indices = iota(x.shape.with_dtype(index_dtype), dimension)
