@@ -11,7 +11,7 @@
 """
 
 # ruff: noqa: F401 - this module re-exports the language
-from hlo.builder import HloBuildError, Module, Params, ParamSpec, Value, build
+from hlo.builder import RANK_PARAM, HloBuildError, Module, Params, ParamSpec, Value, build
 from hlo.ops import *  # noqa: F401,F403 - the ops are the language
 from hlo.ops import abs, slice  # noqa: A004 - HLO's names, exported on purpose
 from hlo.types import DTYPES, DType, Shape, TupleShape, bf16, dtype_of, f16, f32, f64, pred, s8, s16, s32, s64, u8, \

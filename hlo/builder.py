@@ -114,14 +114,32 @@ class Computation:
         return value
 
 
+# The parameter that carries each rank's number (s32[]), added by `hlo.rank()`; `hlo.runtime` feeds it.
+RANK_PARAM = "replica_rank"
+
+
 class ModuleBuilder:
     """Owns the id counter and every computation of one module, callees before callers."""
 
     def __init__(self, name: str):
         self.name = name
         self.computations: list[Computation] = []
+        self.entry: Computation | None = None
         self._next_id = 1
         self._reducers: dict = {}
+
+    def rank_parameter(self, comp: Computation) -> Value:
+        """The entry's `RANK_PARAM` parameter, s32[], added as its last parameter on first use."""
+        from hlo.types import s32
+        if comp is not self.entry:
+            raise HloBuildError(f"hlo.rank() is only available in the program's function, not in {comp.name!r}")
+        for param in comp.parameters:
+            if param.name == RANK_PARAM:
+                if param.shape != s32[()]:
+                    raise HloBuildError(f"parameter {RANK_PARAM!r} is reserved for the rank and must be s32[], "
+                                        f"got {param.shape}")
+                return param
+        return comp.parameter(RANK_PARAM, s32[()])
 
     def next_id(self) -> int:
         self._next_id += 1
@@ -265,12 +283,13 @@ def build(name: str, params: ParamSpec | Mapping[str, Shape], fn: Callable[[Para
     """Record `fn(params) -> {output name: Value}` into a Module.
 
     `aliases` maps an output name to the parameter it updates in place (must-alias); the shapes must be equal.
+    A program that calls `hlo.rank()` gets one more parameter, `RANK_PARAM` (s32[]), after those of `params`.
     """
     spec = params if isinstance(params, ParamSpec) else ParamSpec(params)
     if not name:
         raise HloBuildError("a module needs a non-empty name")
     builder = ModuleBuilder(name)
-    entry = builder.computation(name)
+    entry = builder.entry = builder.computation(name)
     values = {pname: entry.parameter(pname, shape) for pname, shape in spec}
     with _current(entry):
         result = fn(Params(values))
@@ -286,6 +305,8 @@ def build(name: str, params: ParamSpec | Mapping[str, Shape], fn: Callable[[Para
         from hlo import ops
         root = ops.tuple_(list(result.values()))
     builder.finish(entry, root)
+    if len(entry.parameters) > len(spec):  # hlo.rank() added the rank parameter: the caller's spec stays as it was
+        spec = ParamSpec(list(spec) + [(v.name, v.shape) for v in entry.parameters[len(spec):]])
     outputs = tuple((out_name, value.shape) for out_name, value in result.items())
     alias_items = tuple((aliases or {}).items())
     for out_name, param_name in alias_items:

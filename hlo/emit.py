@@ -82,6 +82,9 @@ def instruction_proto(v: Value):
         inst.tuple_index = a["tuple_index"]
     if "is_stable" in a:
         inst.is_stable = a["is_stable"]
+    if "custom_call_target" in a:
+        inst.custom_call_target = a["custom_call_target"]
+        inst.backend_config = a["backend_config"].encode()
     if "replica_groups" in a:
         # the legacy field (49): every XLA consumer reads it, including older ones such as neuronx-cc
         for group in a["replica_groups"]:

@@ -63,18 +63,37 @@ def iota(shape: Shape, dimension: int) -> Value:
 
 
 def replica_id() -> Value:
-    """This replica's number, u32[]; with tensor parallelism, the rank."""
+    """This replica's number, u32[]; with tensor parallelism, the rank. Neuron does not take it (see
+    `hlo.targets.neuron`): programs meant for NeuronCores use `rank()`."""
     return current_computation().add("replica-id", Shape(u32, ()))
+
+
+def rank() -> Value:
+    """This rank's number, s32[], as a program parameter (`hlo.RANK_PARAM`) rather than `replica-id`, which
+    neuronx-cc does not take (transformers-neuronx and NxD feed the rank the same way). The builder adds the
+    parameter to the program's ParamSpec on first use; `hlo.runtime` feeds every rank its number unless the caller
+    does. Only in the program's own function, not in a reducer or comparator."""
+    return current_computation().module.rank_parameter(current_computation())
 
 
 # -------------------------------------------------------------------------------------------------------- elementwise
 
 def _lift(op: str, x, like: Value) -> Value:
+    """A Python or numpy number as a constant of `like`'s element type. A fraction never becomes an integer (`ids *
+    0.5` would multiply by 0), and an integer must fit the integer type: both are errors asking for a convert."""
     if isinstance(x, Value):
         return x
-    if isinstance(x, (int, float, bool, np.number)):
-        return constant(x, like.dtype)
-    raise _err(op, f"cannot use {x!r} as an operand")
+    if not isinstance(x, (int, float, bool, np.number)):
+        raise _err(op, f"cannot use {x!r} as an operand")
+    dtype = like.dtype
+    if (dtype.is_int or dtype == pred) and isinstance(x, (float, np.floating)):
+        raise _err(op, f"the number {x!r} cannot combine with the {dtype} operand without changing its value; "
+                       f"convert the operand to a float type first (hlo.convert)", like)
+    if dtype.is_int and not isinstance(x, (bool, np.bool_)):
+        info = np.iinfo(dtype.numpy)
+        if not info.min <= int(x) <= info.max:
+            raise _err(op, f"the number {x!r} does not fit {dtype} ({info.min}..{info.max})", like)
+    return constant(x, dtype)
 
 
 def _binary_operands(op: str, a, b) -> tuple[Value, Value]:
@@ -450,34 +469,27 @@ def reduce_max(x: Value, dimensions: Sequence[int]) -> Value:
     return reduce(x, float("-inf") if x.dtype.is_float else int(np.iinfo(x.dtype.numpy).min), dimensions, "max")
 
 
-def _argmax_reducer(acc_v, acc_i, x_v, x_i):
-    # keep the larger value; on ties the smaller index (numpy/torch argmax: the first maximum)
-    take_x = or_(compare(x_v, acc_v, "GT"), and_(compare(x_v, acc_v, "EQ"), compare(x_i, acc_i, "LT")))
-    return tuple_([select(take_x, x_v, acc_v), select(take_x, x_i, acc_i)])
-
-
 def argmax(x: Value, dimension: int, index_dtype: DType = s32, index_offset: Value | None = None,
            indices: Value | None = None):
-    """(max, first index of the max) along `dimension`, by a variadic reduce. `index_offset` (a scalar of
+    """(max, first index of the max) along `dimension`: a reduce-max, then the smallest index whose value equals the
+    max (a reduce-min), so no variadic reduce, which neuronx-cc does not take. `index_offset` (a scalar of
     `index_dtype`) is added to every index, for a shard of a larger axis; or `indices` (same dimensions as `x`) gives
-    each element's index outright. Ties go to the smallest index, as numpy and torch do."""
+    each element's index outright. Ties go to the smallest index, as numpy and torch do. Where a row holds a NaN, XLA's
+    max is NaN and no value equals it: the index is then the index type's largest value (a caller that must tell
+    NaN rows apart tests the row for NaN itself, as a backend's max may skip NaN)."""
     dimension = _axis("argmax", dimension, x.shape.rank, x)
     if indices is None:
         indices = iota(x.shape.with_dtype(index_dtype), dimension)
     elif indices.dims != x.dims or not indices.dtype.is_int:
         raise _err("argmax", "indices must be integers with the operand's dimensions", x, indices)
-    index_dtype = indices.dtype
     if index_offset is not None:
         indices = add(indices, index_offset)
-    comp = x.computation.module.subcomputation(
-        ("argmax", x.dtype.name, index_dtype.name), f"argmax_{x.dtype.name}",
-        [Shape(x.dtype, ()), Shape(index_dtype, ()), Shape(x.dtype, ()), Shape(index_dtype, ())], _argmax_reducer)
-    out_dims = tuple(s for d, s in enumerate(x.dims) if d != dimension)
-    inits = (constant(float("-inf") if x.dtype.is_float else np.iinfo(x.dtype.numpy).min, x.dtype),
-             constant(np.iinfo(index_dtype.numpy).max, index_dtype))
-    out = x.computation.add("reduce", TupleShape((Shape(x.dtype, out_dims), Shape(index_dtype, out_dims))),
-                            (x, indices, *inits), attrs={"dimensions": [dimension]}, called=(comp,))
-    return get_tuple_element(out, 0), get_tuple_element(out, 1)
+    keep = [d for d in range(x.shape.rank) if d != dimension]
+    best = reduce_max(x, [dimension])                                                   # [others]
+    hit = compare(x, broadcast_in_dim(best, x.dims, keep), "EQ")
+    largest = int(np.iinfo(indices.dtype.numpy).max)
+    index = reduce(select(hit, indices, full(largest, indices.shape)), largest, [dimension], "min")
+    return best, index
 
 
 def sort(operands: Sequence[Value], dimension: int, comparator: Callable | None = None,
@@ -542,3 +554,15 @@ def all_gather(x: Value, dimension: int, group_size: int, replica_groups=None) -
     dims[dimension] *= group_size
     return x.computation.add("all-gather", Shape(x.dtype, tuple(dims)), (x,),
                              attrs={"dimensions": [dimension], "replica_groups": groups})
+
+
+# ------------------------------------------------------------------------------------------------------ custom calls
+
+def custom_call(target: str, operands: Sequence[Value], shape: Shape, backend_config: str = "") -> Value:
+    """A call of the backend's own kernel `target` (e.g. Neuron's "AwsNeuronTopK") with a declared result `shape`;
+    `backend_config` is passed through as the target reads it. XLA CPU runs only the targets registered with it."""
+    operands = list(operands)
+    if not target or not isinstance(target, str):
+        raise _err("custom-call", f"needs a target name, got {target!r}", *operands)
+    return _comp(*operands).add("custom-call", shape, operands,
+                                attrs={"custom_call_target": target, "backend_config": str(backend_config)})

@@ -56,6 +56,10 @@ def _attributes(v: Value) -> list[str]:
         out.append(f"index={a['tuple_index']}")
     if a.get("is_stable"):
         out.append("is_stable=true")
+    if "custom_call_target" in a:
+        out.append(f'custom_call_target="{a["custom_call_target"]}"')
+        if a["backend_config"]:
+            out.append(f'backend_config="{a["backend_config"]}"')
     if "replica_groups" in a:
         out.append("replica_groups={" + ",".join(_braces(g) for g in a["replica_groups"]) + "}")
     if v.called:

@@ -2,11 +2,12 @@
 
     nllb-neuronx translate --model DIR --src eng_Latn --tgt fra_Latn [-i FILE] [-o FILE] [--beams N] [--tp N]
     nllb-neuronx compile --model DIR --out ARTIFACTS [shape options]
+    nllb-neuronx export-hlo --model DIR --out DIR [shape options]
     nllb-neuronx info [--model DIR]
     nllb-neuronx demo [--tp N]
 
-Exit codes: 0 success; 1 a failed check (demo); 2 bad usage or input (unknown language, invalid UTF-8, a line too
-long, a missing model), with the reason on stderr.
+Exit codes: 0 success; 1 a failed check (demo, export-hlo's Neuron check); 2 bad usage or input (unknown language,
+invalid UTF-8, a line too long, a missing model), with the reason on stderr.
 """
 
 from __future__ import annotations
@@ -104,6 +105,23 @@ def _compile(args) -> int:
     return EXIT_OK
 
 
+def _export_hlo(args) -> int:
+    from nllb_neuronx import NLLBForSampling
+    from nllb_neuronx.export import MANIFEST, export_hlo
+
+    model = NLLBForSampling.from_pretrained(
+        args.model, batch_size=args.batch_size, tp_degree=args.tp, amp=args.amp, max_top_k=args.max_top_k,
+        n_positions=_ints(args.n_positions, "--n-positions"), encoder_buckets=_ints(args.encoder_buckets,
+                                                                                     "--encoder-buckets"))
+    result = export_hlo(model, args.out)
+    print(f"wrote {len(result.programs)} programs (.hlo.pb, .hlo.txt) and {MANIFEST} into {args.out}")
+    if not result.clean:
+        print(f"nllb-neuronx export-hlo: the Neuron check failed:\n{result.report()}", file=sys.stderr)
+        return EXIT_FAILED
+    print("Neuron check: clean")
+    return EXIT_OK
+
+
 def _info(args) -> int:
     import platform
 
@@ -154,6 +172,16 @@ def build_parser() -> argparse.ArgumentParser:
     co = sub.add_parser("compile", help="compile every program for every bucket and save them")
     _shape_options(co)
     co.add_argument("--out", required=True, help="artifacts directory")
+    ex = sub.add_parser("export-hlo", help="write every program's HLO (.hlo.pb, .hlo.txt) and a manifest; check "
+                                           "them for Neuron (exit 1 listing violations)")
+    ex.add_argument("--model", required=True, help="HF checkpoint directory (or hub id); no weight is read")
+    ex.add_argument("--out", required=True, help="directory to write into")
+    ex.add_argument("--tp", type=int, default=1, help="tensor-parallel degree")
+    ex.add_argument("--batch-size", type=int, default=8)
+    ex.add_argument("--amp", default="f32", choices=["f32", "bf16", "f16"])
+    ex.add_argument("--n-positions", default="64,128,256", help="decoder buckets, comma-separated")
+    ex.add_argument("--encoder-buckets", default="32,64,128,256", help="source buckets, comma-separated")
+    ex.add_argument("--max-top-k", type=int, default=256, help="sampling draws among this many most likely tokens")
     info = sub.add_parser("info", help="backends, devices and versions found")
     info.add_argument("--model", default=None)
     info.add_argument("--compiled-dir", default=None)
@@ -170,7 +198,7 @@ def main(argv=None) -> int:
         return demo(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    handlers = {"translate": _translate, "compile": _compile, "info": _info}
+    handlers = {"translate": _translate, "compile": _compile, "info": _info, "export-hlo": _export_hlo}
     try:
         return handlers[args.command](args)
     except (InputError, ValueError, FileNotFoundError) as e:

@@ -11,6 +11,7 @@ from dataclasses import MISSING, dataclass, fields
 
 AMP_DTYPES = ("f32", "bf16", "f16")
 TP_DEGREES = (1, 2, 4, 8, 16, 24, 32)  # 24: all NeuronCores of an inf2.48xlarge
+MAX_TOP_K_LIMIT = 8192  # half of Neuron's 16,384 sort/TopK limit: each sorted tile must keep fewer than it holds
 
 
 @dataclass(frozen=True)
@@ -87,12 +88,15 @@ class CompileConfig:
     amp: str = "f32"
     backend: str | None = None
     compiled_dir: str | None = None                 # compiled artifacts to load from and store into
+    max_top_k: int = 256                            # sampling draws among this many most likely tokens (NxDI's 256)
 
     def __post_init__(self):
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
         if self.tp_degree not in TP_DEGREES:
             raise ValueError(f"tp_degree must be one of {TP_DEGREES}, got {self.tp_degree!r}")
+        if not isinstance(self.max_top_k, int) or not 1 <= self.max_top_k <= MAX_TOP_K_LIMIT:
+            raise ValueError(f"max_top_k must be an integer in [1, {MAX_TOP_K_LIMIT}], got {self.max_top_k!r}")
         if self.amp not in AMP_DTYPES:
             raise ValueError(f"amp must be one of {AMP_DTYPES}, got {self.amp!r}")
         object.__setattr__(self, "n_positions", _buckets("n_positions", self.n_positions))

@@ -5,8 +5,7 @@ start + language code). The layers run features first (`decoder_layer.py` says w
 self-attention cache [L, B, N_local, T_max, D] is updated in place (aliased); attention reads its first T positions,
 so moving to a larger bucket keeps the cache. The head is either "logits" (all-gathered [V_padded, B] for the last
 new token: vocab first, the LM head's natural result), "greedy" (the argmax token id [B], chosen on the device), or
-"sample" (a token id [B] drawn on the device: temperature, then top-k, then top-p, as HF's warpers apply them,
-with one uniform number per row from the host's seeded generator).
+"sample" (a token id [B] drawn on the device among the `max_top_k` most likely); `heads.py` has them.
 """
 
 from __future__ import annotations
@@ -15,10 +14,9 @@ import hlo
 from hlo import nn
 from hlo.types import f32, s32
 
-from nllb_neuronx import decoder_layer, layers
+from nllb_neuronx import decoder_layer, heads, layers
+from nllb_neuronx.heads import HEADS
 from nllb_neuronx.program_spec import ProgramShapes, weight_params
-
-HEADS = ("logits", "greedy", "sample")
 
 
 def build_decoder(shapes: ProgramShapes, new_tokens: int, bucket: int, source_len: int, head: str) -> hlo.Module:
@@ -58,64 +56,14 @@ def build_decoder(shapes: ProgramShapes, new_tokens: int, bucket: int, source_le
                                  preferred_element_type=f32)                                     # [V_local, B]
         out = {"cache_k": caches[0], "cache_v": caches[1]}
         if head == "logits":
-            out["logits"] = hlo.all_gather(logits, 0, par.tp) if par.tp > 1 else logits           # [V_pad, B]
+            out["logits"] = heads.logits(logits, par.tp)                                         # [V_pad, B]
         elif head == "greedy":
-            out["next_token"] = greedy_token(logits, m.vocab_size, par.tp)                       # [B]
+            out["next_token"] = heads.greedy(logits, m.vocab_size, par.tp)                       # [B]
         else:
-            out["next_token"] = sampled_token(logits, m.vocab_size, par.tp, p.temperature, p.top_k, p.top_p,
-                                              p.uniform)                                         # [B]
+            out["next_token"] = heads.sample(logits, m.vocab_size, par.tp, p.temperature, p.top_k, p.top_p,
+                                             p.uniform, shapes.compile.max_top_k)                # [B]
         return out
 
-    name = f"nllb_decoder_{head}_b{b}_p{p_len}_t{bucket}_s{source_len}_tp{par.tp}"
+    label = f"sample_k{shapes.compile.max_top_k}" if head == "sample" else head
+    name = f"nllb_decoder_{label}_b{b}_p{p_len}_t{bucket}_s{source_len}_tp{par.tp}"
     return hlo.build(name, spec, decoder, aliases={"cache_k": "cache_k", "cache_v": "cache_v"})
-
-
-def greedy_token(logits_local: hlo.Value, vocab_size: int, tp: int) -> hlo.Value:
-    """The first index of the maximum over the whole (vocab-sharded) vocabulary: [V_local, B] -> s32[B]."""
-    v_local, b = logits_local.dims
-    index = hlo.iota(s32[v_local, b], 0)
-    if tp > 1:
-        index = index + hlo.convert(hlo.replica_id(), s32) * v_local                             # global vocab ids
-    real = hlo.compare(index, vocab_size, "LT")                                                  # vocab padding out
-    logits_local = hlo.select(real, logits_local, hlo.full(float("-inf"), logits_local.shape))
-    best, token = hlo.argmax(logits_local, 0, indices=index)                                     # [B], [B]
-    if tp == 1:
-        return token
-    bests = hlo.all_gather(hlo.reshape(best, [1, b]), 0, tp)                                     # [tp, B]
-    tokens = hlo.all_gather(hlo.reshape(token, [1, b]), 0, tp)
-    return hlo.argmax(bests, 0, indices=tokens)[1]
-
-
-def _pick(values: hlo.Value, position: hlo.Value) -> hlo.Value:
-    """values[position[b], b] for each column: [V, B], s32[B] -> [B] (a one-hot select and sum)."""
-    v, b = values.dims
-    hit = hlo.compare(hlo.iota(s32[v, b], 0), hlo.broadcast_in_dim(position, [v, b], [1]), "EQ")
-    return hlo.reduce(hlo.select(hit, values, hlo.full(0, values.shape)), 0, [0], "add")
-
-
-def sampled_token(logits_local, vocab_size: int, tp: int, temperature, top_k, top_p, uniform) -> hlo.Value:
-    """Draw one token per row from softmax(logits / temperature), restricted to the top_k largest (top_k <= 0: no
-    limit) and to the smallest set whose mass reaches top_p (as HF: the most likely token always stays), by inverse
-    CDF with `uniform` [B] in [0, 1). Logits are [V_local, B]; every rank computes the same draw from the
-    all-gathered logits."""
-    b = logits_local.dims[1]
-    full = hlo.all_gather(logits_local, 0, tp) if tp > 1 else logits_local                     # [Vp, B]
-    vp = full.dims[0]
-    index = hlo.iota(s32[vp, b], 0)
-    neg_inf = hlo.full(float("-inf"), full.shape)
-    scaled = hlo.select(hlo.compare(index, vocab_size, "LT"), full / temperature, neg_inf)      # [Vp, B]
-    values, order = hlo.sort([scaled, index], 0, descending=True)                               # [Vp, B] each
-    rank = index
-    k = hlo.select(hlo.compare(top_k, 0, "GT"), hlo.minimum(top_k, vp), hlo.constant(vp, s32))
-    kth = _pick(values, hlo.broadcast(k - 1, [b]))                                             # [B]
-    values = hlo.select(hlo.compare(values, hlo.broadcast_in_dim(kth, [vp, b], [1]), "GE"), values, neg_inf)
-    probs = nn.softmax(values, 0)                                                               # [Vp, B]
-    before = nn.cumsum(probs, 0) - probs                                                        # mass ahead of each
-    keep = hlo.or_(hlo.compare(before, hlo.broadcast(top_p, [vp, b]), "LT"), hlo.compare(rank, 0, "EQ"))
-    probs = hlo.select(keep, probs, hlo.full(0.0, probs.shape))
-    cdf = nn.cumsum(probs, 0)                                                                   # [Vp, B]
-    total = hlo.reduce_sum(probs, [0])                                                          # [B]
-    target = hlo.broadcast_in_dim(uniform * total, [vp, b], [1])
-    position = hlo.reduce_sum(hlo.convert(hlo.compare(cdf, target, "LE"), s32), [0])            # tokens passed
-    last = hlo.reduce_sum(hlo.convert(hlo.compare(probs, 0.0, "GT"), s32), [0]) - 1             # last kept rank
-    return _pick(order, hlo.minimum(position, last))

@@ -21,8 +21,13 @@ from hlo.types import f32, s32
 Weights = Callable[[str], hlo.Value]
 
 
+def replica_groups(tp: int) -> list[list[int]]:
+    """The one group of all tp ranks, named explicitly on every collective (neuronx-cc wants it spelled out)."""
+    return [list(range(tp))]
+
+
 def all_reduce(x: hlo.Value, tp: int) -> hlo.Value:
-    return hlo.all_reduce(x, "add") if tp > 1 else x
+    return hlo.all_reduce(x, "add", replica_groups(tp)) if tp > 1 else x
 
 
 def additive_mask(keep: hlo.Value) -> hlo.Value:
@@ -31,14 +36,11 @@ def additive_mask(keep: hlo.Value) -> hlo.Value:
     return hlo.select(keep, hlo.full(0.0, shape), hlo.full(float(np.finfo(np.float32).min), shape))
 
 
-def rank_s32() -> hlo.Value:
-    return hlo.convert(hlo.replica_id(), s32)
-
-
 def embed_tokens(ids: hlo.Value, table_local: hlo.Value, scale: float, tp: int) -> hlo.Value:
-    """Scaled embedding of `ids` [B, P] from a vocab-sharded table [V_local, H] -> [B, P, H]."""
+    """Scaled embedding of `ids` [B, P] from a vocab-sharded table [V_local, H] -> [B, P, H]: each rank looks up
+    the ids of its shard (its rank from `hlo.rank()`, a parameter the runtime feeds), zeros elsewhere, all-reduced."""
     v_local = table_local.dims[0]
-    local = ids - hlo.convert(rank_s32() * v_local, s32) if tp > 1 else ids          # [B, P]
+    local = ids - hlo.rank() * v_local if tp > 1 else ids                              # [B, P], this shard's rows
     inside = hlo.and_(hlo.compare(local, 0, "GE"), hlo.compare(local, v_local, "LT"))
     rows = hlo.take(table_local, hlo.maximum(hlo.minimum(local, v_local - 1), 0))      # [B, P, H]
     keep = hlo.broadcast_in_dim(inside, rows.dims, [0, 1])

@@ -60,15 +60,15 @@ class NLLBForSampling:
     @classmethod
     def from_pretrained(cls, path, batch_size: int = 1, tp_degree: int = 1, n_positions=(64, 128, 256),
                         encoder_buckets=(32, 64, 128, 256), amp: str = "f32", backend: str | None = None,
-                        compiled_dir: str | None = None) -> "NLLBForSampling":
+                        compiled_dir: str | None = None, max_top_k: int = 256) -> "NLLBForSampling":
         """`path`: a local HF checkpoint directory or a hub id. `compiled_dir`: compiled artifacts to load programs
-        from and store new ones into (see `save`)."""
+        from and store new ones into (see `save`). `max_top_k`: sampling draws among this many most likely tokens."""
         path = resolve_path(path)
         model = ModelConfig.from_hf(read_config(path))  # an unsupported model fails before any weight is read
         checkpoint = Checkpoint(path)
         compile_config = CompileConfig(batch_size=batch_size, tp_degree=tp_degree, n_positions=tuple(n_positions),
                                        encoder_buckets=tuple(encoder_buckets), amp=amp, backend=backend,
-                                       compiled_dir=compiled_dir)
+                                       compiled_dir=compiled_dir, max_top_k=max_top_k)
         if compile_config.max_target_length > model.max_position_embeddings:
             log.info("n_positions %s exceed max_position_embeddings %d; positions are generated, so this works",
                      compile_config.n_positions, model.max_position_embeddings)
@@ -128,7 +128,7 @@ class NLLBForSampling:
             builders[("reorder", s)] = lambda s=s: build_reorder(shapes, s)
             for t in c.n_positions:
                 for new in (1, 2):
-                    for head in ("greedy", "logits"):
+                    for head in ("greedy", "logits", "sample"):
                         builders[("decoder", head, new, t, s)] = \
                             lambda h=head, n=new, t=t, s=s: build_decoder(shapes, n, t, s, h)
         return builders
@@ -161,7 +161,8 @@ class NLLBForSampling:
 
     def _run(self, program, **inputs):
         """Run a program: weights are fed by parameter name, the rest from `inputs`."""
-        feed = {name: inputs[name] if name in inputs else self._weights[name] for name in program.module.params.names}
+        feed = {name: inputs[name] if name in inputs else self._weights[name] for name in program.module.params.names
+                if name != hlo.RANK_PARAM}  # the runtime feeds the rank
         return program.run(feed)
 
     def _require_runtime(self):
@@ -272,16 +273,21 @@ class NLLBForSampling:
         """Generation laid out as HF `generate()`: decoder start, then the generated tokens (the forced language
         token first when given), rows that end early padded with pad_token_id. `forced_bos_token_id` is one id or one
         per row (rows with different target languages share a batch). Greedy by default; `do_sample=True` draws each
-        token on the device from softmax(logits / temperature) within the `top_k` (0: all) most likely tokens and the
-        `top_p` nucleus, from a generator seeded with `seed`. Only token ids come back to the host. Batches larger
-        than `batch_size` are split and reassembled; decoding stops when every row has produced EOS."""
+        token on the device from softmax(logits / temperature) within the `top_k` most likely tokens and the
+        `top_p` nucleus, from a generator seeded with `seed`. Draws are among the `max_top_k` (K, a compile-time
+        cap, default 256) most likely tokens: `top_k=0` means those K, `top_k > K` is an error. Only token ids come
+        back to the host. Batches larger than `batch_size` are split and reassembled; decoding stops when every row
+        has produced EOS."""
         if do_sample:
             if not temperature > 0:
                 raise ValueError(f"temperature must be positive, got {temperature}")
             if not 0 < top_p <= 1:
                 raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
             if top_k < 0:
-                raise ValueError(f"top_k must be 0 (no limit) or positive, got {top_k}")
+                raise ValueError(f"top_k must be 0 (the max_top_k most likely) or positive, got {top_k}")
+            if top_k > self.compile_config.max_top_k:
+                raise ValueError(f"top_k={top_k} exceeds max_top_k={self.compile_config.max_top_k}, the most tokens "
+                                 f"sampling draws among; load the model with max_top_k={top_k} or more")
         sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p,
                         rng=np.random.default_rng(seed)) if do_sample else None
         self._require_runtime()

@@ -85,6 +85,8 @@ def test_seeds_reproduce_and_top_k_1_is_greedy(setup):
     (dict(temperature=0.0), "temperature must be positive"),
     (dict(top_p=0.0), r"top_p must lie in \(0, 1\]"),
     (dict(top_k=-1), "top_k must be 0"),
+    (dict(top_k=257), "top_k=257 exceeds max_top_k=256, the most tokens sampling draws among; load the model with "
+                      "max_top_k=257"),
 ])
 def test_bad_sampling_arguments(setup, kwargs, message):
     model, ids, mask, _ = setup

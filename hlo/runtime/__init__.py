@@ -22,6 +22,13 @@ def xla_platforms(tp_degree: int = 1) -> list[str]:
     return [p for p in ("cpu", "gpu") if _jaxlib.devices(p)]
 
 
+def xla_hlo_text(module) -> str:
+    """XLA's own HLO text of a built `hlo.Module`: XLA parses the serialized proto and prints it (what neuronx-cc and
+    XLA tools read; `module.to_text()` is our own rendering). Needs jaxlib, imported here on first use."""
+    from hlo.runtime import _jaxlib
+    return _jaxlib.hlo_text(module.serialize())
+
+
 def get_runtime(backend: str = "xla-cpu", tp_degree: int = 1, cache_dir=None) -> Runtime:
     """A runtime for `backend` with `tp_degree` ranks. jaxlib is imported only here, on first use."""
     if backend in ("xla-cpu", "xla-gpu"):
@@ -33,4 +40,5 @@ def get_runtime(backend: str = "xla-cpu", tp_degree: int = 1, cache_dir=None) ->
     raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
-__all__ = ["BACKENDS", "neuron_available", "xla_platforms", "DeviceTensor", "PerRank", "Program", "Runtime", "RuntimeInputError", "get_runtime"]
+__all__ = ["BACKENDS", "neuron_available", "xla_platforms", "xla_hlo_text", "DeviceTensor", "PerRank", "Program",
+           "Runtime", "RuntimeInputError", "get_runtime"]

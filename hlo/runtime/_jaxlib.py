@@ -86,3 +86,8 @@ class Replicas:
     def shard(self, array, rank: int) -> np.ndarray:
         device = self.devices[rank]
         return next(np.asarray(s.data) for s in array.addressable_shards if s.device == device)
+
+
+def hlo_text(module_bytes: bytes) -> str:
+    """XLA's own HLO text of serialized HloModuleProto bytes (XLA parses the proto, then prints its module)."""
+    return xc.XlaComputation(module_bytes).as_hlo_text()

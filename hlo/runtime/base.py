@@ -7,7 +7,8 @@
     out["y"].numpy(rank=0)                              # read back only what you ask for
 
 State stays on the device: an output aliased to a parameter (see `hlo.build(aliases=...)`) is that parameter's new
-buffer, and the buffer passed in is donated (deleted), so feed the output back in on the next call.
+buffer, and the buffer passed in is donated (deleted), so feed the output back in on the next call. A program that
+uses `hlo.rank()` has a parameter `hlo.RANK_PARAM`: `run` feeds each rank its number unless the caller gives it.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from hlo.builder import Module
+from hlo.builder import RANK_PARAM, Module
 from hlo.types import Shape, dtype_of
 
 
@@ -102,6 +103,7 @@ class Program:
         self.runtime = runtime
         self.module = module
         self.executable = executable
+        self._ranks = None  # each rank's number for hlo.RANK_PARAM, uploaded on first use
 
     @property
     def name(self) -> str:
@@ -112,6 +114,10 @@ class Program:
 
     def run(self, inputs: Mapping[str, object]) -> dict[str, DeviceTensor]:
         spec = self.module.params
+        if RANK_PARAM in spec and RANK_PARAM not in inputs:  # a program that uses hlo.rank(): rank r gets r
+            if self._ranks is None:
+                self._ranks = self.runtime.put(PerRank([np.int32(r) for r in range(self.runtime.tp_degree)]))
+            inputs = {**inputs, RANK_PARAM: self._ranks}
         missing = [n for n in spec.names if n not in inputs]
         extra = [n for n in inputs if n not in spec]
         if missing or extra:

@@ -311,3 +311,26 @@ def test_negative_dimension_in_shape():
     with pytest.raises(ValueError, match="no HLO element type"):
         hlo.dtype_of(np.dtype(np.complex64))
     assert hlo.dtype_of("u32") is u32
+
+
+def test_rank_only_in_the_program_function_and_its_name_reserved():
+    msg = build_error({"x": s32[2]}, lambda p: hlo.reduce(p.x, 0, [0], lambda a, b: a + hlo.rank()))
+    assert "hlo.rank() is only available in the program's function" in msg
+    msg = build_error({"x": f32[2], hlo.RANK_PARAM: u32[()]}, lambda p: {"r": hlo.rank()})
+    assert "reserved for the rank" in msg and "s32[]" in msg
+    module = hlo.build("m", hlo.ParamSpec({"x": f32[2], hlo.RANK_PARAM: s32[()]}), lambda p: {"r": hlo.rank()})
+    assert module.params.names == ["x", hlo.RANK_PARAM]  # declared by the caller: used as it is
+
+
+@pytest.mark.parametrize("fn", [lambda p: p.ids * 0.5, lambda p: 0.5 * p.ids, lambda p: hlo.add(p.ids, 1.0),
+                                lambda p: hlo.compare(p.ids, np.float32(2.5), "LT"), lambda p: hlo.maximum(p.ids, 0.1)])
+def test_python_float_with_integer_operand_is_an_error(fn):
+    msg = build_error({"ids": s32[3]}, fn)
+    assert "cannot combine with the s32 operand" in msg and "hlo.convert" in msg and "s32[3]" in msg
+
+
+def test_python_integer_must_fit_the_integer_type():
+    msg = build_error({"ids": hlo.s8[3]}, lambda p: p.ids + 300)
+    assert "300 does not fit s8" in msg
+    msg = build_error({"ids": u32[3]}, lambda p: p.ids - (-1))
+    assert "does not fit u32" in msg

@@ -790,3 +790,21 @@ def test_pyhlo_unknown_op_is_attribute_error():
         f32[2].Parameter
     with pytest.raises(AttributeError):
         f32[2].lowercase_attribute
+
+
+def test_argmax_row_with_nan(run, check):
+    """A row holding NaN: its max is NaN and no value equals it, so its index is the index type's largest value."""
+    x = np.array([[1.0, np.nan, 3.0], [2.0, 5.0, 5.0]], np.float32)
+    values, index = run(lambda p: list(hlo.argmax(p.x, 1)), x=x)
+    assert np.isnan(values[0]) and values[1] == 5.0
+    check(index, np.array([np.iinfo(np.int32).max, 1], np.int32))
+
+
+def test_python_numbers_lift_to_the_operand_type(run, check):
+    ids = np.array([1, 2, 3], np.int32)
+    out = run(lambda p: [p.ids * 2, hlo.convert(p.ids, hlo.f32) * 0.5, p.x + 1, p.ids + True], ids=ids,
+              x=np.ones(3, np.float32))
+    check(out[0], ids * 2)
+    check(out[1], ids.astype(np.float32) * 0.5)
+    check(out[2], np.full(3, 2.0, np.float32))
+    check(out[3], ids + 1)

@@ -87,8 +87,13 @@ CASES = {
                                                   *hlo.argmax(p.x, 1)])),
         None,
         ["reduce(x, ", "dimensions={1}", "dimensions={0}", "to_apply=add_f32", "to_apply=max_f32",
-         "to_apply=argmax_f32", "(f32[2]{0}, s32[2]{0}) reduce(", "get-tuple-element(", "index=1",
-         "constant(-inf)"],
+         "to_apply=min_s32", "s32[2]{0} reduce(", "constant(2147483647)", "constant(-inf)"],
+    ),
+    "rank_and_custom_call": (
+        dict(x=f32[2, 8]),
+        lambda p: {"r": hlo.rank() + 1, "k": hlo.custom_call("AwsNeuronTopK", [p.x], f32[2, 3], backend_config="3")},
+        None,
+        ["replica_rank = s32[] parameter(1)", 'custom_call_target="AwsNeuronTopK"', 'backend_config="3"'],
     ),
     "sort": (
         dict(k=f32[2, 5], v=s32[2, 5]),

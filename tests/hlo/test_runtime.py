@@ -437,3 +437,34 @@ def test_unknown_backend():
         get_runtime("tpu")
     with pytest.raises(ValueError, match="unknown XLA backend"):
         XlaRuntime("tpu")
+
+
+def test_rank_parameter_is_fed_per_rank(runtimes):
+    """hlo.rank(): the builder adds the s32 parameter RANK_PARAM, the runtime gives rank r the number r."""
+    rt = runtimes(4)
+    spec = hlo.ParamSpec(x=f32[3, 8])
+
+    def fn(p):
+        shard = hlo.dynamic_slice(p.x, [0, hlo.rank() * 2], [3, 2])
+        return {"shard": shard * 10.0, "whole": hlo.all_gather(shard * 10.0, 1, 4, [[0, 1, 2, 3]])}
+
+    module = hlo.build("shard_by_rank", spec, fn)
+    assert module.params.names == ["x", hlo.RANK_PARAM] and module.params[hlo.RANK_PARAM] == s32[()]
+    assert spec.names == ["x"]  # the caller's spec is left alone
+    program = rt.compile(module)
+    x = np.arange(24, dtype=np.float32).reshape(3, 8)
+    for _ in range(2):  # the rank numbers are uploaded once and reused
+        out = program(x=x)
+        for r in range(4):
+            np.testing.assert_array_equal(out["shard"].numpy(r), x[:, 2 * r:2 * r + 2] * 10)
+            np.testing.assert_array_equal(out["whole"].numpy(r), x * 10)
+    given = program(x=x, **{hlo.RANK_PARAM: np.int32(1)})  # a caller may feed it
+    np.testing.assert_array_equal(given["shard"].numpy(3), x[:, 2:4] * 10)
+
+
+def test_rank_is_added_once_and_only_when_used(runtimes):
+    module = hlo.build("twice", hlo.ParamSpec(x=f32[2]), lambda p: {"a": hlo.rank() + 1, "b": hlo.rank() * 2})
+    assert module.params.names == ["x", hlo.RANK_PARAM]
+    assert hlo.build("none", hlo.ParamSpec(x=f32[2]), lambda p: {"y": p.x}).params.names == ["x"]
+    out = runtimes(2).compile(module)(x=np.zeros(2, np.float32))
+    assert [int(out["a"].numpy(r)) for r in range(2)] == [1, 2] and int(out["b"].numpy(1)) == 2
