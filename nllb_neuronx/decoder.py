@@ -1,4 +1,4 @@
-"""The decoder program: P new target tokens per row, row b at positions [start[b], start[b] + P), the KV cache on device.
+"""The decoder program: P new target tokens per row, row b at positions [start[b], start[b] + P), cache on device.
 
 One program per (P, target bucket T, source bucket S, stored source length, head). P = 1 is the decode step; P > 1 a
 known prefix (decoder start + language code). Every row has its own position (`start`, s32[B]): its sinusoidal

@@ -1,4 +1,4 @@
-"""The slot engine against HF transformers, line by line (f32, greedy): slot programs, refills, threads, cancel, errors."""
+"""The slot engine against HF transformers, line by line (f32, greedy): programs, refills, threads, cancel, errors."""
 
 from __future__ import annotations
 
@@ -50,11 +50,14 @@ def corpus(vocab: int, lengths, seed: int = 0) -> list[GenerationRequest]:
             for i, n in enumerate(lengths)]
 
 
-def test_slot_steps_match_hf_logits_with_staggered_rows_and_reused_slots(model, tiny_checkpoint):
+@pytest.mark.parametrize("tp", [1, 2])
+def test_slot_steps_match_hf_logits_with_staggered_rows_and_reused_slots(model, tiny_checkpoint, tp):
     """Rows at different positions and source buckets share steps; a slot that held a long source and a long target
     is refilled with a short one, whose logits must not see what was left behind."""
-    _, hf = tiny_checkpoint
+    path, hf = tiny_checkpoint
     vocab, rng = hf.config.vocab_size, np.random.default_rng(7)
+    if tp > 1:
+        model = NLLBForSampling.from_pretrained(path, batch_size=SLOTS, tp_degree=tp, **BUCKETS).to_neuron()
     state = SlotState(model)
     lines = {name: (np.array(source(n, rng, vocab)), np.array([2] + [int(t) for t in rng.integers(4, vocab, p - 1)]))
              for name, n, p in [("a", 14, 12), ("b", 5, 9), ("c", 7, 10), ("e", 3, 6), ("d", 4, 11)]}
