@@ -256,6 +256,5 @@ class SlotEngine:
         with self._cond:
             jobs = [job for job in self._slots if job is not None]
             self._slots = [None] * len(self._slots)
-        for job in jobs:
+        for job in jobs:   # the state whose buffers the failed call took is rebuilt, zeroed, on the next call
             job.fail(RuntimeError(f"the device call for this request failed: {error}"))
-        self._state.reset()
