@@ -6,7 +6,8 @@ Two comparisons, each a greedy decode step (one token per row, all rows at posit
 - cache writes: one runtime-indexed dynamic-update-slice per row (what `decoder_layer.write_cache` does, every row at
   its own position) against a single write of all rows at row 0's position (the lockstep-only write it replaced);
 - cross-attention length: K/V stored at the largest source bucket and read at `--src-len` (the engine while only
-  short sources are active) against read at the largest bucket (every slot padded to it).
+  short sources are active) against read at the largest bucket (every slot padded to it), and against K/V stored at
+  `--src-len` (the lockstep layout).
 
 Uses the random-weight checkpoint that `generate.py` caches (run it once with the same --shape first), or --model.
 """
@@ -65,11 +66,15 @@ def main(argv=None) -> int:
         "per_row_write": lambda: build_decoder(shapes, 1, t, args.src_len, "greedy", cross_len=stored),
         "one_write": lambda: build_decoder(shapes, 1, t, args.src_len, "greedy", cross_len=stored),
         "cross_at_max": lambda: build_decoder(shapes, 1, t, stored, "greedy", cross_len=stored),
+        "cross_stored_at_src": lambda: build_decoder(shapes, 1, t, args.src_len, "greedy"),   # lockstep's layout
     }
     rng = np.random.default_rng(0)
     state_shapes = {"cache_k": shapes.cache_shape(), "cache_v": shapes.cache_shape(), **slot_state_shapes(shapes)}
     state = {name: model.runtime.put((rng.standard_normal(s.dims) * 0.1).astype(s.dtype.numpy) if s.dtype.is_float
                                      else np.ones(s.dims, s.dtype.numpy)) for name, s in state_shapes.items()}
+    short = {name: model.runtime.put(np.asarray(state[name].numpy(0))[..., : args.src_len, :]
+                                     if name.startswith("cross") else np.ones((b, args.src_len), np.int32))
+             for name in ("cross_k", "cross_v", "encoder_attention_mask")}
     inputs = dict(input_ids=rng.integers(4, 1000, (b, 1)).astype(np.int32),
                   start=np.full(b, args.position, np.int32), active=np.ones(b, np.int32))
 
@@ -80,6 +85,8 @@ def main(argv=None) -> int:
         if name == "one_write":
             with one_write_for_all_rows():
                 out = model.run_program(("slot_costs", name), build, **inputs, **state)
+        elif name == "cross_stored_at_src":
+            out = model.run_program(("slot_costs", name), build, **inputs, **{**state, **short})
         else:
             out = model.run_program(("slot_costs", name), build, **inputs, **state)
         out["next_token"].numpy(0)
