@@ -12,6 +12,9 @@ every active slot once (each at its own position), and retires a slot when its r
 max_new_tokens, handing the result to its future at once. A new request's first step feeds the decoder start token
 at position 0; with a forced target-language token, that step's choice is replaced by it, as HF's forced-BOS logits
 processor does. Slot bookkeeping follows vLLM's scheduler: a free list, FIFO admission, retire then refill.
+Beam search: a request's beams take `num_beams` slots (admitted when that many are free); while one is active the
+step returns logits, `beam.py` picks the beams as HF does, and the slot reorder program moves their caches.
+Sampling is not supported yet (the device sampling head takes one set of parameters for the whole batch).
 
 Thread-safety: `submit`, `stats`, `close` and futures' `cancel` may be called from any thread; only the loop thread
 touches the device. Invalid requests fail their own future with a ValueError; a failed device call fails the requests
@@ -29,6 +32,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
+from nllb_neuronx.beam import BeamSearch
 from nllb_neuronx.engine_api import EngineClosed, EngineStats, GenerationRequest, QueueFull, SamplingParams
 from nllb_neuronx.slot_state import SlotState
 
@@ -45,13 +49,17 @@ class _Job:
     forced: int | None
     max_new_tokens: int
     future: Future
+    num_beams: int = 1
     generated: list[int] = field(default_factory=list)
     position: int = 0                   # tokens fed so far = the position of the next token fed
     bucket: int = 0                     # source bucket it was encoded at
+    slots: list[int] = field(default_factory=list)       # its slots: one, or one per beam
+    beams: BeamSearch | None = None
 
     def finish(self, start: int) -> None:
         if self.future.set_running_or_notify_cancel():
-            self.future.set_result(np.array([start, *self.generated], np.int64))
+            ids = self.beams.result() if self.beams is not None else np.array([start, *self.generated], np.int64)
+            self.future.set_result(ids)
 
     def fail(self, error: BaseException) -> None:
         if self.future.set_running_or_notify_cancel():
@@ -129,7 +137,8 @@ class SlotEngine:
             future.set_running_or_notify_cancel()
             future.set_exception(error)
             return future
-        if job.forced is not None and (job.max_new_tokens == 1 or job.forced == self._config.eos_token_id):
+        eos = self._config.eos_token_id
+        if job.num_beams == 1 and job.forced is not None and (job.max_new_tokens == 1 or job.forced == eos):
             job.generated.append(job.forced)        # nothing to decode: HF's result is [start, forced]
             job.finish(self._config.decoder_start_token_id)
             return future
@@ -149,9 +158,10 @@ class SlotEngine:
     def _check(self, request: GenerationRequest, future: Future) -> _Job:
         """The request as a job, or a ValueError naming what is wrong with it and the fix."""
         vocab, longest = self._config.vocab_size, self._compile.encoder_buckets[-1]
-        if request.num_beams != 1:
-            raise NotImplementedError(f"num_beams={request.num_beams}: the slot engine decodes greedily for now "
-                                      "(num_beams=1); use model.sample() or the HF adapter for beam search")
+        slots = len(self._slots)
+        if not isinstance(request.num_beams, (int, np.integer)) or not 1 <= request.num_beams <= slots:
+            raise ValueError(f"num_beams must lie in [1, {slots}] (each beam takes one of the batch_size={slots} "
+                             f"slots), got {request.num_beams!r}; compile with a larger batch_size for more beams")
         if request.sampling is not None:
             raise NotImplementedError("sampling in the slot engine is not supported yet; use model.sample("
                                       "do_sample=True) or leave `sampling` unset for greedy decoding")
@@ -173,7 +183,7 @@ class SlotEngine:
             raise ValueError(f"max_new_tokens must lie in [1, {limit}] (the largest decoder bucket), got "
                              f"{request.max_new_tokens!r}; compile with a larger n_positions bucket for more")
         return _Job(source.astype(np.int32), None if forced is None else int(forced), int(request.max_new_tokens),
-                    future)
+                    future, int(request.num_beams))
 
     # -------------------------------------------------------------------------------------------------- loop
     def _loop(self) -> None:
@@ -203,58 +213,80 @@ class SlotEngine:
             if job is not None and job.future.cancelled():
                 self._slots[slot] = None
 
-    def _take_admissions(self) -> list[tuple[int, _Job]]:
-        """Queued jobs for the free slots, first come first served: (slot, job) pairs, slots now taken."""
+    def _take_admissions(self) -> list[_Job]:
+        """Queued jobs for the free slots, first come first served (a request with beams waits for as many free
+        slots); their slots are taken."""
         free = [slot for slot, job in enumerate(self._slots) if job is None]
         admitted = []
-        while free and self._queue:
-            slot, job = free.pop(0), self._queue.popleft()
-            self._slots[slot] = job
-            admitted.append((slot, job))
+        while self._queue and len(free) >= self._queue[0].num_beams:
+            job = self._queue.popleft()
+            job.slots, free = free[: job.num_beams], free[job.num_beams:]
+            for slot in job.slots:
+                self._slots[slot] = job
+            admitted.append(job)
         return admitted
 
-    def _admit(self, admitted: list[tuple[int, _Job]]) -> None:
-        """Encode the admitted jobs, one slot-encoder call per source bucket."""
-        by_bucket: dict[int, list[tuple[int, _Job]]] = collections.defaultdict(list)
-        for slot, job in admitted:
-            by_bucket[self._compile.encoder_bucket(len(job.source))].append((slot, job))
+    def _admit(self, admitted: list[_Job]) -> None:
+        """Encode the admitted jobs, one slot-encoder call per source bucket (a beam request into each of its
+        slots)."""
+        by_bucket: dict[int, list[_Job]] = collections.defaultdict(list)
+        for job in admitted:
+            by_bucket[self._compile.encoder_bucket(len(job.source))].append(job)
+        c = self._config
         for group in by_bucket.values():
-            bucket = self._state.insert([slot for slot, _ in group], [job.source for _, job in group])
-            for _, job in group:
+            bucket = self._state.insert([slot for job in group for slot in job.slots],
+                                        [job.source for job in group for _ in job.slots])
+            for job in group:
                 job.bucket, job.position, job.generated = bucket, 0, []
+                if job.num_beams > 1:
+                    job.beams = BeamSearch(job.num_beams, job.max_new_tokens, c.decoder_start_token_id,
+                                           c.eos_token_id, c.pad_token_id, job.forced)
 
     def _step(self) -> None:
         b, pad = len(self._slots), self._config.pad_token_id
         start, eos = self._config.decoder_start_token_id, self._config.eos_token_id
         tokens, positions, active = np.full(b, pad, np.int64), np.zeros(b, np.int64), np.zeros(b, bool)
-        for slot, job in enumerate(self._slots):
-            if job is not None:
-                tokens[slot] = job.generated[-1] if job.generated else start
-                positions[slot], active[slot] = job.position, True
-        source_len = max(job.bucket for job in self._slots if job is not None)
-        chosen = self._state.step(tokens, positions, active, source_len)
-        finished = []
-        for slot, job in enumerate(self._slots):
-            if job is None:
-                continue
-            token = job.forced if job.position == 0 and job.forced is not None else int(chosen[slot])
-            job.generated.append(token)
+        jobs = list({id(job): job for job in self._slots if job is not None}.values())
+        for job in jobs:
+            if job.beams is not None:
+                tokens[job.slots] = job.beams.tokens()
+            else:
+                tokens[job.slots] = job.generated[-1] if job.generated else start
+            positions[job.slots], active[job.slots] = job.position, True
+        source_len = max(job.bucket for job in jobs)
+        if any(job.beams is not None for job in jobs):               # beams need every slot's logits
+            logits = self._state.step(tokens, positions, active, source_len, head="logits")
+            chosen = logits.argmax(axis=1)                            # greedy rows: the first index of the maximum
+        else:
+            chosen = self._state.step(tokens, positions, active, source_len)
+        finished, reorder = [], np.arange(b)
+        for job in jobs:
             job.position += 1
+            if job.beams is not None:
+                from_beam = job.beams.advance(logits[job.slots])
+                reorder[job.slots] = np.asarray(job.slots)[from_beam]
+                if job.beams.done:
+                    finished.append(job)
+                continue
+            token = job.forced if job.position == 1 and job.forced is not None else int(chosen[job.slots[0]])
+            job.generated.append(token)
             if token == eos or len(job.generated) >= job.max_new_tokens:
-                finished.append(slot)
+                finished.append(job)
+        if (reorder != np.arange(b)).any():
+            self._state.reorder(reorder)
         with self._cond:
             self._useful_slot_steps += int(active.sum())
             self._slot_steps += b
-            jobs = [self._slots[slot] for slot in finished]
-            for slot in finished:
-                self._slots[slot] = None
+            for job in finished:
+                for slot in job.slots:
+                    self._slots[slot] = None
             self._cond.notify_all()
-        for job in jobs:
+        for job in finished:
             job.finish(start)
 
     def _fail_in_flight(self, error: Exception) -> None:
         with self._cond:
-            jobs = [job for job in self._slots if job is not None]
+            jobs = list({id(job): job for job in self._slots if job is not None}.values())
             self._slots = [None] * len(self._slots)
         for job in jobs:   # the state whose buffers the failed call took is rebuilt, zeroed, on the next call
             job.fail(RuntimeError(f"the device call for this request failed: {error}"))

@@ -1,4 +1,4 @@
-"""The slot engine's device state, and the two programs that change it: insert new requests, step every slot.
+"""The slot engine's device state, and the programs that change it: insert new requests, step every slot, reorder.
 
 State (on the device, updated in place by aliasing), B = the model's batch_size slots:
 
@@ -9,7 +9,8 @@ State (on the device, updated in place by aliasing), B = the model's batch_size 
 `insert()` runs the slot encoder (`slot_encoder.py`) on up to B new sources at their length bucket and writes them
 into the chosen slots. `step()` runs the decoder (`decoder.py`) once, one token per slot, each slot at its own
 position; it reads the cross-attention K/V up to the largest source bucket among the active slots, so a step pays for
-S_max only while a slot that needs it is active.
+S_max only while a slot that needs it is active. `reorder()` makes slots copies of other slots' self-attention caches
+(beam search, `slot_reorder.py`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 
 from nllb_neuronx.decoder import build_decoder
 from nllb_neuronx.slot_encoder import build_slot_encoder, insert_sizes, slot_state_shapes
+from nllb_neuronx.slot_reorder import build_slot_reorder
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,11 @@ class SlotDecoderKey:
     head: str
     bucket: int         # target bucket: positions read from the self-attention cache
     source_len: int     # source positions read from the stored cross-attention K/V
+
+
+@dataclass(frozen=True)
+class SlotReorderKey:
+    batch_size: int
 
 
 class SlotState:
@@ -98,3 +105,11 @@ class SlotState:
         if head == "logits":
             return np.array(out["logits"].numpy(0)[: self.model.config.vocab_size].T, np.float32, order="C")
         return out["next_token"].numpy(0).astype(np.int64)
+
+    def reorder(self, index: np.ndarray) -> None:
+        """Slot b's self-attention cache becomes slot index[b]'s (index: [B], identity outside beam requests)."""
+        state = self._state()
+        self._tensors = None
+        out = self.model.run_program(SlotReorderKey(self.batch_size), lambda: build_slot_reorder(self.shapes),
+                                     index=index.astype(np.int32), cache_k=state["cache_k"], cache_v=state["cache_v"])
+        self._tensors = {**state, **out}

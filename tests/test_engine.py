@@ -34,12 +34,12 @@ def source(length: int, rng, vocab: int) -> list[int]:
     return [int(i) for i in rng.integers(4, vocab, length - 1)] + [2]
 
 
-def hf_line(hf, request: GenerationRequest) -> list[int]:
+def hf_line(hf, request: GenerationRequest, num_beams: int | None = None) -> list[int]:
     """HF generate() on that one line alone."""
     forced = {} if request.forced_bos_token_id is None else {"forced_bos_token_id": request.forced_bos_token_id}
     with torch.no_grad():
         out = hf.generate(input_ids=torch.tensor([list(request.input_ids)]), max_new_tokens=request.max_new_tokens,
-                          num_beams=1, do_sample=False, **forced)
+                          num_beams=num_beams or request.num_beams, do_sample=False, **forced)
     return out[0].tolist()
 
 
@@ -157,8 +157,8 @@ def test_invalid_requests_fail_their_own_future(engine, model, tiny_checkpoint):
     for message, f in futures.items():
         with pytest.raises(ValueError, match=message):
             f.result(timeout=10)
-    with pytest.raises(NotImplementedError, match="beam"):
-        engine.submit(GenerationRequest([7, 2], 5, 4, num_beams=2)).result(timeout=10)
+    with pytest.raises(ValueError, match="num_beams"):
+        engine.submit(GenerationRequest([7, 2], 5, 4, num_beams=SLOTS + 1)).result(timeout=10)
     with pytest.raises(NotImplementedError, match="sampling"):
         engine.submit(GenerationRequest([7, 2], 5, 4, sampling=SamplingParams(top_k=5))).result(timeout=10)
     with pytest.raises(ValueError, match="temperature"):
@@ -216,3 +216,37 @@ def test_close_without_drain_cancels_what_is_left(model, tiny_checkpoint):
     for request, future in zip(requests, futures):
         if not future.cancelled():
             assert future.result().tolist() == hf_line(hf, request)
+
+
+@pytest.fixture(scope="module")
+def beam_checkpoint(tmp_path_factory):
+    """A tiny random model whose beams often differ from greedy (large weights: clear logit gaps, few near-ties) and
+    that stops: its EOS is made a token it often produces (58)."""
+    from transformers import M2M100Config, M2M100ForConditionalGeneration
+
+    from tests.conftest import TINY_CONFIGS
+
+    torch.manual_seed(0)
+    config = M2M100Config(max_position_embeddings=128, init_std=0.5, dropout=0.0, attention_dropout=0.0,
+                          eos_token_id=58, **TINY_CONFIGS["tiny"])
+    hf = M2M100ForConditionalGeneration(config).eval()
+    path = tmp_path_factory.mktemp("beams")
+    hf.save_pretrained(path)
+    return str(path), hf
+
+
+def test_beams_take_slots_and_equal_hf_beam_search_alone(beam_checkpoint):
+    path, hf = beam_checkpoint
+    model = NLLBForSampling.from_pretrained(path, batch_size=SLOTS, **BUCKETS).to_neuron()
+    rng = np.random.default_rng(0)
+    requests = [GenerationRequest(source(n, rng, hf.config.vocab_size), forced_bos_token_id=5 if i % 3 else None,
+                                  max_new_tokens=[4, 20, 11, 7, 22][i % 5], num_beams=1 + i % SLOTS)
+                for i, n in enumerate([3, 14, 6, 16, 2, 9, 12, 5, 7, 10])]
+    with SlotEngine(model) as engine:
+        results = list(engine.generate(requests))
+    differ = 0
+    for i, (request, ids) in enumerate(zip(requests, results)):
+        assert ids.tolist() == hf_line(hf, request), f"line {i} ({request.num_beams} beams)"
+        differ += request.num_beams > 1 and ids.tolist() != hf_line(hf, request, num_beams=1)
+    assert differ >= 3                                            # the beams did search: not greedy in disguise
+    assert any(ids[-1] == 58 and len(ids) < 1 + r.max_new_tokens for r, ids in zip(requests, results))  # EOS
