@@ -1,11 +1,20 @@
-"""The decoder program: P new target tokens per row at positions [start, start + P), with the KV cache on device.
+"""The decoder program: P new target tokens per row, row b at positions [start[b], start[b] + P), cache on device.
 
-One program per (P, target bucket T, source bucket S, head). P = 1 is the decode step; P > 1 a known prefix (decoder
-start + language code). The layers run features first (`decoder_layer.py` says why): hidden states [H, P*B]. The
-self-attention cache [L, B, N_local, T_max, D] is updated in place (aliased); attention reads its first T positions,
-so moving to a larger bucket keeps the cache. The head is either "logits" (all-gathered [V_padded, B] for the last
-new token: vocab first, the LM head's natural result), "greedy" (the argmax token id [B], chosen on the device), or
-"sample" (a token id [B] drawn on the device among the `max_top_k` most likely); `heads.py` has them.
+One program per (P, target bucket T, source bucket S, stored source length, head). P = 1 is the decode step; P > 1 a
+known prefix (decoder start + language code). Every row has its own position (`start`, s32[B]): its sinusoidal
+positions, its causal mask (row b reads cache positions <= its own, so whatever a slot's previous user left behind
+is never read) and its cache write (one runtime-indexed dynamic-update-slice per row). Lockstep batches pass the same
+start for every row; the slot engine (`engine.py`) passes each slot's own. `active` (s32[B], nonzero: in use) marks
+the rows whose token matters: an inactive row's token comes back as -1.
+
+The layers run features first (`decoder_layer.py` says why): hidden states [H, P*B]. The self-attention cache
+[L, B, N_local, T_max, D] is updated in place (aliased); attention reads its first T positions, so moving to a larger
+bucket keeps the cache. Cross-attention K/V are stored at `cross_len` source positions ([L, B, N_local, S_stored, D],
+with the source mask [B, S_stored]) and read at their first `source_len`: the lockstep path stores exactly its
+encoder bucket, the slot engine stores the largest bucket and reads up to the largest bucket among active slots.
+The head is either "logits" (all-gathered [V_padded, B] for the last new token: vocab first, the LM head's natural
+result), "greedy" (the argmax token id [B], chosen on the device), or "sample" (a token id [B] drawn on the device
+among the `max_top_k` most likely); `heads.py` has them.
 """
 
 from __future__ import annotations
@@ -19,13 +28,19 @@ from nllb_neuronx.heads import HEADS
 from nllb_neuronx.program_spec import ProgramShapes, weight_params
 
 
-def build_decoder(shapes: ProgramShapes, new_tokens: int, bucket: int, source_len: int, head: str) -> hlo.Module:
+def build_decoder(shapes: ProgramShapes, new_tokens: int, bucket: int, source_len: int, head: str,
+                  cross_len: int | None = None) -> hlo.Module:
+    """`cross_len`: source positions the cross-attention K/V and mask are stored at (default `source_len`)."""
     if head not in HEADS:
         raise ValueError(f"decoder head must be one of {HEADS}, got {head!r}")
+    cross_len = source_len if cross_len is None else cross_len
+    if cross_len < source_len:
+        raise ValueError(f"cross_len {cross_len} must hold source_len {source_len}")
     m, b, par, p_len = shapes.model, shapes.batch_size, shapes.parallel, new_tokens
-    cache, cross = shapes.cache_shape(), shapes.cross_shape(source_len)
-    spec = hlo.ParamSpec(input_ids=s32[b, p_len], start=s32[()], encoder_attention_mask=s32[b, source_len],
-                         cache_k=cache, cache_v=cache, cross_k=cross, cross_v=cross, positions=shapes.positions_shape)
+    cache, cross = shapes.cache_shape(), shapes.cross_shape(cross_len)
+    spec = hlo.ParamSpec(input_ids=s32[b, p_len], start=s32[b], active=s32[b],
+                         encoder_attention_mask=s32[b, cross_len], cache_k=cache, cache_v=cache, cross_k=cross,
+                         cross_v=cross, positions=shapes.positions_shape)
     if head == "sample":
         spec.add("temperature", f32[()]).add("top_k", s32[()]).add("top_p", f32[()]).add("uniform", f32[b])
     for name, shape in weight_params(shapes.decoder_weight_names(), shapes):
@@ -35,15 +50,17 @@ def build_decoder(shapes: ProgramShapes, new_tokens: int, bucket: int, source_le
         w = p.__getitem__
         ids = p.input_ids                                                                        # [B, P]
         not_pad = hlo.convert(hlo.compare(ids, m.pad_token_id, "NE"), s32)
-        position_ids = layers.positions(ids, nn.cumsum(not_pad, 1) + p.start, m.pad_token_id)   # [B, P]
+        row_start = hlo.broadcast_in_dim(p.start, [b, p_len], [0])                               # [B, P]
+        position_ids = layers.positions(ids, nn.cumsum(not_pad, 1) + row_start, m.pad_token_id)  # [B, P]
         columns = [1, 0]                                                                         # to [P, B]
         h = layers.embed_tokens(hlo.transpose(ids, columns), w("shared.weight"), shapes.embed_scale, par.tp)
         h = h + hlo.convert(hlo.take(p.positions, hlo.transpose(position_ids, columns)), h.dtype)  # [P, B, H]
         h = hlo.reshape(hlo.transpose(h, [2, 0, 1]), [m.d_model, p_len * b])                     # [H, P*B]
 
-        query_pos = hlo.iota(s32[b, p_len, bucket], 1) + p.start                                 # [B, P, T]
+        query_pos = hlo.iota(s32[b, p_len, bucket], 1) + hlo.broadcast_in_dim(p.start, [b, p_len, bucket], [0])
         self_mask = layers.additive_mask(hlo.compare(hlo.iota(s32[b, p_len, bucket], 2), query_pos, "LE"))
-        keep = hlo.compare(p.encoder_attention_mask, 0, "NE")                                    # [B, S]
+        source_mask = hlo.slice_in_dim(p.encoder_attention_mask, 0, source_len, 1)              # [B, S]
+        keep = hlo.compare(source_mask, 0, "NE")                                                 # [B, S]
         cross_mask = layers.additive_mask(hlo.broadcast_in_dim(keep, [b, p_len, source_len], [0, 2]))
 
         caches = (p.cache_k, p.cache_v)
@@ -57,13 +74,16 @@ def build_decoder(shapes: ProgramShapes, new_tokens: int, bucket: int, source_le
         out = {"cache_k": caches[0], "cache_v": caches[1]}
         if head == "logits":
             out["logits"] = heads.logits(logits, par.tp)                                         # [V_pad, B]
-        elif head == "greedy":
-            out["next_token"] = heads.greedy(logits, m.vocab_size, par.tp)                       # [B]
+            return out
+        if head == "greedy":
+            token = heads.greedy(logits, m.vocab_size, par.tp)                                   # [B]
         else:
-            out["next_token"] = heads.sample(logits, m.vocab_size, par.tp, p.temperature, p.top_k, p.top_p,
-                                             p.uniform, shapes.compile.max_top_k)                # [B]
+            token = heads.sample(logits, m.vocab_size, par.tp, p.temperature, p.top_k, p.top_p, p.uniform,
+                                 shapes.compile.max_top_k)                                       # [B]
+        out["next_token"] = hlo.select(hlo.compare(p.active, 0, "NE"), token, hlo.full(-1, token.shape))  # [B]
         return out
 
     label = f"sample_k{shapes.compile.max_top_k}" if head == "sample" else head
-    name = f"nllb_decoder_{label}_b{b}_p{p_len}_t{bucket}_s{source_len}_tp{par.tp}"
+    stored = f"_of{cross_len}" if cross_len != source_len else ""
+    name = f"nllb_decoder_{label}_b{b}_p{p_len}_t{bucket}_s{source_len}{stored}_tp{par.tp}"
     return hlo.build(name, spec, decoder, aliases={"cache_k": "cache_k", "cache_v": "cache_v"})

@@ -49,16 +49,24 @@ def layer_slice(stack: hlo.Value, layer: int, length: int) -> hlo.Value:
 
 
 def write_cache(stack: hlo.Value, new: hlo.Value, layer: int, start: hlo.Value) -> hlo.Value:
-    """Write new keys or values [B, N, P, D] into the stacked cache [L, B, N, T, D] at target position `start`."""
-    return hlo.dynamic_update_slice(stack, hlo.reshape(new, [1, *new.dims]), [layer, 0, 0, start, 0])
+    """Write new keys or values [B, N, P, D] into the stacked cache [L, B, N, T, D], row b at its own target position
+    start[b] (s32[B]): one dynamic-update-slice per row, at runtime indices [layer, b, 0, start[b], 0], as NxDI writes
+    continuous-batching caches. The updates chain, so XLA writes them in place into the aliased cache."""
+    b, n, p, d = new.dims
+    for row in range(b):
+        row_start = hlo.reshape(hlo.slice_in_dim(start, row, row + 1, 0), [])                    # s32[]
+        update = hlo.reshape(hlo.slice_in_dim(new, row, row + 1, 0), [1, 1, n, p, d])          # [1, 1, N, P, D]
+        stack = hlo.dynamic_update_slice(stack, update, [layer, row, 0, row_start, 0])
+    return stack
 
 
 def decoder_layer(h, self_mask, cross_mask, caches, cross, w: Weights, layer: int, start, bucket: int,
                   par: Parallel):
-    """One cached decoder layer over P new tokens at target positions [start, start + P).
+    """One cached decoder layer over P new tokens, row b at target positions [start[b], start[b] + P).
 
     h [H, P*B]; self_mask [B, P, T_bucket] and cross_mask [B, P, S] additive; caches (k, v) [L, B, N, T, D] are
-    returned updated; cross (k, v) [L, B, N, S, D] were computed by the encoder program.
+    returned updated; cross (k, v) [L, B, N, S_stored, D] were written by an encoder program: the first S source
+    positions are read (S_stored >= S, the rest masked by every row that attends here).
     """
     prefix = f"decoder.layers.{layer}"
     p_len = self_mask.dims[1]
@@ -75,7 +83,7 @@ def decoder_layer(h, self_mask, cross_mask, caches, cross, w: Weights, layer: in
     x = layer_norm(h, w, f"{prefix}.encoder_attn_layer_norm", axis=0)
     attn = f"{prefix}.encoder_attn"
     q = project_heads(x, w, f"{attn}.q_proj", n, p_len, scale)
-    source_len = cross[0].dims[3]
+    source_len = cross_mask.dims[2]
     keys, values = layer_slice(cross[0], layer, source_len), layer_slice(cross[1], layer, source_len)
     h = h + row_parallel(attend(q, keys, values, cross_mask), w, f"{attn}.out_proj", par.tp)
 

@@ -159,6 +159,12 @@ class NLLBForSampling:
             self.runtime.cache_dir = previous
         artifacts.write_manifest(directory, artifacts.manifest(self), programs)
 
+    def run_program(self, key, build, **inputs) -> dict:
+        """Run the program `key` (compiled from `build()` on first use, then kept): weights are fed by parameter
+        name, the rest from `inputs`. For programs outside this class's own loops (the slot engine)."""
+        self._require_runtime()
+        return self._run(self._program(key, build), **inputs)
+
     def _run(self, program, **inputs):
         """Run a program: weights are fed by parameter name, the rest from `inputs`."""
         feed = {name: inputs[name] if name in inputs else self._weights[name] for name in program.module.params.names
@@ -259,7 +265,8 @@ class NLLBForSampling:
         padded[: source.rows] = tokens
         key = ("decoder", head, new, bucket, source.source_len)
         program = self._program(key, lambda: build_decoder(self.shapes, new, bucket, source.source_len, head))
-        out = self._run(program, input_ids=padded, start=np.int32(self._position),
+        out = self._run(program, input_ids=padded, start=np.full(self.batch_size, self._position, np.int32),
+                        active=(np.arange(self.batch_size) < source.rows).astype(np.int32),
                         encoder_attention_mask=source.encoder_attention_mask, cross_k=source.cross_k,
                         cross_v=source.cross_v, **head_inputs, **self._caches)
         self._caches = {"cache_k": out["cache_k"], "cache_v": out["cache_v"]}

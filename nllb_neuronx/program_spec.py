@@ -47,6 +47,11 @@ class ProgramShapes:
     def positions_shape(self) -> Shape:
         return f32[self.position_rows, self.model.d_model]
 
+    @property
+    def max_source_length(self) -> int:
+        """The largest encoder bucket: the source length the slot engine stores every slot's cross K/V at."""
+        return self.compile.encoder_buckets[-1]
+
     def cache_shape(self) -> Shape:
         """Self-attention cache, keys or values: [L, B, N_local, T_max, D]."""
         m = self.model

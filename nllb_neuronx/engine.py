@@ -1,0 +1,292 @@
+"""The slot engine: continuous batching over the model's B batch rows ("slots"), each row its own request.
+
+    engine = SlotEngine(model)                       # model: an NLLBForSampling after to_neuron()
+    future = engine.submit(GenerationRequest(ids, forced_bos_token_id=fra, max_new_tokens=64))
+    ids = future.result()                            # laid out like HF generate() for that one line
+    for ids in engine.generate(requests): ...        # streaming, in input order, bounded read-ahead
+    engine.close()
+
+A background thread runs the loop while there is work: between decode steps it admits queued requests into free slots
+(the slot encoder encodes them, grouped by source bucket, and writes their cross-attention K/V into the slots), steps
+every active slot once (each at its own position), and retires a slot when its request produces EOS or reaches
+max_new_tokens, handing the result to its future at once. A new request's first step feeds the decoder start token
+at position 0; with a forced target-language token, that step's choice is replaced by it, as HF's forced-BOS logits
+processor does. Slot bookkeeping follows vLLM's scheduler: a free list, FIFO admission, retire then refill.
+Beam search: a request's beams take `num_beams` slots (admitted when that many are free); while one is active the
+step returns logits, `beam.py` picks the beams as HF does, and the slot reorder program moves their caches.
+Sampling is not supported yet (the device sampling head takes one set of parameters for the whole batch).
+
+Thread-safety: `submit`, `stats`, `close` and futures' `cancel` may be called from any thread; only the loop thread
+touches the device. Invalid requests fail their own future with a ValueError; a failed device call fails the requests
+in flight (not the queued ones) and the engine carries on with a fresh state.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from nllb_neuronx.beam import BeamSearch
+from nllb_neuronx.engine_api import EngineClosed, EngineStats, GenerationRequest, QueueFull, SamplingParams
+from nllb_neuronx.slot_state import SlotState
+
+__all__ = ["EngineClosed", "EngineStats", "GenerationRequest", "QueueFull", "SamplingParams", "SlotEngine"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class _Job:
+    """A request in the engine: its checked source, its future, and (once admitted) its slot's progress."""
+
+    source: np.ndarray                  # s32 source ids
+    forced: int | None
+    max_new_tokens: int
+    future: Future
+    num_beams: int = 1
+    generated: list[int] = field(default_factory=list)
+    position: int = 0                   # tokens fed so far = the position of the next token fed
+    bucket: int = 0                     # source bucket it was encoded at
+    slots: list[int] = field(default_factory=list)       # its slots: one, or one per beam
+    beams: BeamSearch | None = None
+
+    def finish(self, start: int) -> None:
+        if self.future.set_running_or_notify_cancel():
+            ids = self.beams.result() if self.beams is not None else np.array([start, *self.generated], np.int64)
+            self.future.set_result(ids)
+
+    def fail(self, error: BaseException) -> None:
+        if self.future.set_running_or_notify_cancel():
+            self.future.set_exception(error)
+
+
+class SlotEngine:
+    def __init__(self, model, max_queue: int | None = None):
+        if max_queue is not None and max_queue < 1:
+            raise ValueError(f"max_queue must be a positive number of requests or None (no limit), got {max_queue}")
+        self._state = SlotState(model)                 # checks that the model is on the device
+        self._config, self._compile = model.config, model.compile_config
+        self._max_queue = max_queue
+        self._slots: list[_Job | None] = [None] * model.batch_size
+        self._queue: collections.deque[_Job] = collections.deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._useful_slot_steps = self._slot_steps = 0
+        self._thread = threading.Thread(target=self._loop, name="nllb-slot-engine", daemon=True)
+        self._thread.start()
+
+    # ------------------------------------------------------------------------------------------------ public
+    def submit(self, request: GenerationRequest) -> Future:
+        """Queue one request; its future's result is the ids laid out like HF generate() for that line alone
+        (decoder start, forced token, generated tokens up to and including EOS, no padding). `cancel()` on the
+        future frees its slot. Raises QueueFull when `max_queue` requests wait already."""
+        return self._submit(request, block=False)
+
+    def generate(self, requests: Iterable[GenerationRequest], read_ahead: int | None = None) -> Iterator[np.ndarray]:
+        """Results in input order, as soon as a prefix is complete. At most `read_ahead` requests (default: 4x the
+        slots) are in the engine at once, so memory stays bounded whatever the input's length. A failed request
+        raises its error here; requests not yet handed back when the iterator is closed are cancelled."""
+        window = read_ahead or 4 * len(self._slots)
+        pending: collections.deque[Future] = collections.deque()
+        try:
+            for request in requests:
+                pending.append(self._submit(request, block=True))
+                while len(pending) >= window or (pending and pending[0].done()):
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
+
+    def stats(self) -> EngineStats:
+        with self._cond:
+            return EngineStats(slots=len(self._slots), active_slots=sum(job is not None for job in self._slots),
+                               queue_depth=len(self._queue), useful_slot_steps=self._useful_slot_steps,
+                               slot_steps=self._slot_steps)
+
+    def close(self, drain: bool = True) -> None:
+        """Stop accepting requests; finish the queued and active ones (`drain`), or cancel them. Waits for the loop."""
+        with self._cond:
+            self._closed = True
+            if not drain:
+                for job in [*self._queue, *(j for j in self._slots if j is not None)]:
+                    job.future.cancel()
+            self._cond.notify_all()
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
+
+    def __enter__(self) -> "SlotEngine":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------------------------------ intake
+    def _submit(self, request: GenerationRequest, block: bool) -> Future:
+        future: Future = Future()
+        try:
+            job = self._check(request, future)
+        except (ValueError, TypeError, NotImplementedError) as error:
+            future.set_running_or_notify_cancel()
+            future.set_exception(error)
+            return future
+        eos = self._config.eos_token_id
+        if job.num_beams == 1 and job.forced is not None and (job.max_new_tokens == 1 or job.forced == eos):
+            job.generated.append(job.forced)        # nothing to decode: HF's result is [start, forced]
+            job.finish(self._config.decoder_start_token_id)
+            return future
+        with self._cond:
+            while True:
+                if self._closed:
+                    raise EngineClosed("the engine is closed; create a new SlotEngine")
+                if self._max_queue is None or len(self._queue) < self._max_queue:
+                    break
+                if not block:
+                    raise QueueFull(f"{len(self._queue)} requests are queued already (max_queue={self._max_queue})")
+                self._cond.wait()
+            self._queue.append(job)
+            self._cond.notify_all()
+        return future
+
+    def _check(self, request: GenerationRequest, future: Future) -> _Job:
+        """The request as a job, or a ValueError naming what is wrong with it and the fix."""
+        vocab, longest = self._config.vocab_size, self._compile.encoder_buckets[-1]
+        slots = len(self._slots)
+        if not isinstance(request.num_beams, (int, np.integer)) or not 1 <= request.num_beams <= slots:
+            raise ValueError(f"num_beams must lie in [1, {slots}] (each beam takes one of the batch_size={slots} "
+                             f"slots), got {request.num_beams!r}; compile with a larger batch_size for more beams")
+        if request.sampling is not None:
+            raise NotImplementedError("sampling in the slot engine is not supported yet; use model.sample("
+                                      "do_sample=True) or leave `sampling` unset for greedy decoding")
+        source = np.asarray(request.input_ids)
+        if source.ndim != 1 or source.size == 0:
+            raise ValueError(f"input_ids must be a non-empty sequence of token ids, got shape {list(source.shape)}")
+        if not np.issubdtype(source.dtype, np.integer):
+            raise ValueError(f"input_ids must be integer token ids, got {source.dtype}")
+        if source.min() < 0 or source.max() >= vocab:
+            raise ValueError(f"input_ids must lie in [0, {vocab}), got {source.min()}..{source.max()}")
+        if source.size > longest:
+            raise ValueError(f"a source of {source.size} tokens is longer than the largest encoder bucket {longest}; "
+                             "split the line or compile with a larger encoder bucket")
+        forced = request.forced_bos_token_id
+        if forced is not None and not (isinstance(forced, (int, np.integer)) and 0 <= forced < vocab):
+            raise ValueError(f"forced_bos_token_id must be a token id in [0, {vocab}) or None, got {forced!r}")
+        limit = self._compile.max_target_length
+        if not isinstance(request.max_new_tokens, (int, np.integer)) or not 1 <= request.max_new_tokens <= limit:
+            raise ValueError(f"max_new_tokens must lie in [1, {limit}] (the largest decoder bucket), got "
+                             f"{request.max_new_tokens!r}; compile with a larger n_positions bucket for more")
+        return _Job(source.astype(np.int32), None if forced is None else int(forced), int(request.max_new_tokens),
+                    future, int(request.num_beams))
+
+    # -------------------------------------------------------------------------------------------------- loop
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._busy() and not self._closed:
+                    self._cond.wait()
+                if self._closed and not self._queue and not self._busy():
+                    return
+                self._drop_cancelled()
+                admitted = self._take_admissions()
+                self._cond.notify_all()                           # the queue has room again
+            try:
+                self._admit(admitted)
+                if self._busy():
+                    self._step()
+            except Exception as error:                            # a failed device call: fail what is in flight
+                log.exception("slot engine: a device call failed; failing the requests in flight")
+                self._fail_in_flight(error)
+
+    def _busy(self) -> bool:
+        return any(job is not None for job in self._slots)
+
+    def _drop_cancelled(self) -> None:
+        self._queue = collections.deque(j for j in self._queue if not j.future.cancelled())
+        for slot, job in enumerate(self._slots):
+            if job is not None and job.future.cancelled():
+                self._slots[slot] = None
+
+    def _take_admissions(self) -> list[_Job]:
+        """Queued jobs for the free slots, first come first served (a request with beams waits for as many free
+        slots); their slots are taken."""
+        free = [slot for slot, job in enumerate(self._slots) if job is None]
+        admitted = []
+        while self._queue and len(free) >= self._queue[0].num_beams:
+            job = self._queue.popleft()
+            job.slots, free = free[: job.num_beams], free[job.num_beams:]
+            for slot in job.slots:
+                self._slots[slot] = job
+            admitted.append(job)
+        return admitted
+
+    def _admit(self, admitted: list[_Job]) -> None:
+        """Encode the admitted jobs, one slot-encoder call per source bucket (a beam request into each of its
+        slots)."""
+        by_bucket: dict[int, list[_Job]] = collections.defaultdict(list)
+        for job in admitted:
+            by_bucket[self._compile.encoder_bucket(len(job.source))].append(job)
+        c = self._config
+        for group in by_bucket.values():
+            bucket = self._state.insert([slot for job in group for slot in job.slots],
+                                        [job.source for job in group for _ in job.slots])
+            for job in group:
+                job.bucket, job.position, job.generated = bucket, 0, []
+                if job.num_beams > 1:
+                    job.beams = BeamSearch(job.num_beams, job.max_new_tokens, c.decoder_start_token_id,
+                                           c.eos_token_id, c.pad_token_id, job.forced)
+
+    def _step(self) -> None:
+        b, pad = len(self._slots), self._config.pad_token_id
+        start, eos = self._config.decoder_start_token_id, self._config.eos_token_id
+        tokens, positions, active = np.full(b, pad, np.int64), np.zeros(b, np.int64), np.zeros(b, bool)
+        jobs = list({id(job): job for job in self._slots if job is not None}.values())
+        for job in jobs:
+            if job.beams is not None:
+                tokens[job.slots] = job.beams.tokens()
+            else:
+                tokens[job.slots] = job.generated[-1] if job.generated else start
+            positions[job.slots], active[job.slots] = job.position, True
+        source_len = max(job.bucket for job in jobs)
+        if any(job.beams is not None for job in jobs):               # beams need every slot's logits
+            logits = self._state.step(tokens, positions, active, source_len, head="logits")
+            chosen = logits.argmax(axis=1)                            # greedy rows: the first index of the maximum
+        else:
+            chosen = self._state.step(tokens, positions, active, source_len)
+        finished, reorder = [], np.arange(b)
+        for job in jobs:
+            job.position += 1
+            if job.beams is not None:
+                from_beam = job.beams.advance(logits[job.slots])
+                reorder[job.slots] = np.asarray(job.slots)[from_beam]
+                if job.beams.done:
+                    finished.append(job)
+                continue
+            token = job.forced if job.position == 1 and job.forced is not None else int(chosen[job.slots[0]])
+            job.generated.append(token)
+            if token == eos or len(job.generated) >= job.max_new_tokens:
+                finished.append(job)
+        if (reorder != np.arange(b)).any():
+            self._state.reorder(reorder)
+        with self._cond:
+            self._useful_slot_steps += int(active.sum())
+            self._slot_steps += b
+            for job in finished:
+                for slot in job.slots:
+                    self._slots[slot] = None
+            self._cond.notify_all()
+        for job in finished:
+            job.finish(start)
+
+    def _fail_in_flight(self, error: Exception) -> None:
+        with self._cond:
+            jobs = list({id(job): job for job in self._slots if job is not None}.values())
+            self._slots = [None] * len(self._slots)
+        for job in jobs:   # the state whose buffers the failed call took is rebuilt, zeroed, on the next call
+            job.fail(RuntimeError(f"the device call for this request failed: {error}"))

@@ -1,0 +1,61 @@
+"""The slot engine's public types: requests, sampling parameters, statistics, errors (`engine.py` runs them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+
+class QueueFull(RuntimeError):
+    """The engine's request queue holds `max_queue` requests already: retry later, or use `generate()`, which waits."""
+
+
+class EngineClosed(RuntimeError):
+    """The engine was closed: it accepts no more requests."""
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Per-request sampling: softmax(logits / temperature) within the top_k (0: all) most likely tokens and the
+    top_p nucleus, from a generator seeded with `seed`."""
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self):
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must lie in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be 0 (no limit) or positive, got {self.top_k}")
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One line to translate. `input_ids`: source ids as the tokenizer gives them (language code ... </s>), no
+    padding. `forced_bos_token_id`: the target language token (None: the model chooses its first token)."""
+
+    input_ids: Sequence[int]
+    forced_bos_token_id: int | None
+    max_new_tokens: int
+    num_beams: int = 1
+    sampling: SamplingParams | None = None
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """A snapshot: slots in all and in use, requests waiting, and slot-steps spent (useful: a request's row)."""
+
+    slots: int
+    active_slots: int
+    queue_depth: int
+    useful_slot_steps: int
+    slot_steps: int
+
+    @property
+    def occupancy(self) -> float:
+        """Useful slot-steps / all slot-steps (0.0 before the first step)."""
+        return self.useful_slot_steps / self.slot_steps if self.slot_steps else 0.0

@@ -1,0 +1,25 @@
+"""The slot reorder program: slot b of the self-attention cache becomes a copy of slot `index[b]` (beam search).
+
+Only the self-attention cache moves ([L, B, N_local, T, D], donated and updated in place): a request's beams share one
+source, so their cross-attention K/V are equal already. Slots outside a beam request keep themselves (index[b] = b).
+"""
+
+from __future__ import annotations
+
+import hlo
+from hlo.types import s32
+
+from nllb_neuronx.program_spec import ProgramShapes
+
+STATE = ("cache_k", "cache_v")
+
+
+def build_slot_reorder(shapes: ProgramShapes) -> hlo.Module:
+    b, cache = shapes.batch_size, shapes.cache_shape()
+    spec = hlo.ParamSpec(index=s32[b], cache_k=cache, cache_v=cache)
+
+    def slot_reorder(p: hlo.Params) -> dict[str, hlo.Value]:
+        return {name: hlo.take(p[name], p.index, axis=1) for name in STATE}                    # [L, B, N, T, D]
+
+    return hlo.build(f"nllb_slot_reorder_b{b}_tp{shapes.parallel.tp}", spec, slot_reorder,
+                     aliases={name: name for name in STATE})

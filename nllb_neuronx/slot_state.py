@@ -1,0 +1,115 @@
+"""The slot engine's device state, and the programs that change it: insert new requests, step every slot, reorder.
+
+State (on the device, updated in place by aliasing), B = the model's batch_size slots:
+
+    cache_k, cache_v          [L, B, N_local, T_max, D]    self-attention, row b written at slot b's own positions
+    cross_k, cross_v          [L, B, N_local, S_max, D]    cross-attention, stored at the largest source bucket
+    encoder_attention_mask    s32[B, S_max]
+
+`insert()` runs the slot encoder (`slot_encoder.py`) on up to B new sources at their length bucket and writes them
+into the chosen slots. `step()` runs the decoder (`decoder.py`) once, one token per slot, each slot at its own
+position; it reads the cross-attention K/V up to the largest source bucket among the active slots, so a step pays for
+S_max only while a slot that needs it is active. `reorder()` makes slots copies of other slots' self-attention caches
+(beam search, `slot_reorder.py`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from nllb_neuronx.decoder import build_decoder
+from nllb_neuronx.slot_encoder import build_slot_encoder, insert_sizes, slot_state_shapes
+from nllb_neuronx.slot_reorder import build_slot_reorder
+
+
+@dataclass(frozen=True)
+class SlotEncoderKey:
+    rows: int           # sub-batch of new requests (padded up to this)
+    source_len: int     # their encoder bucket
+
+
+@dataclass(frozen=True)
+class SlotDecoderKey:
+    head: str
+    bucket: int         # target bucket: positions read from the self-attention cache
+    source_len: int     # source positions read from the stored cross-attention K/V
+
+
+@dataclass(frozen=True)
+class SlotReorderKey:
+    batch_size: int
+
+
+class SlotState:
+    """Device state of B decode slots. Not thread-safe: one thread (the engine's loop) calls it."""
+
+    def __init__(self, model):
+        if model.runtime is None:
+            raise RuntimeError("call model.to_neuron() first: it starts the runtime and uploads the weights")
+        self.model, self.shapes = model, model.shapes
+        self.batch_size = model.batch_size
+        self.insert_sizes = insert_sizes(self.batch_size)
+        self._tensors: dict[str, object] | None = None
+
+    def reset(self) -> None:
+        """Fresh zero state (after a failed device call, whose donated buffers may be gone)."""
+        shapes = {"cache_k": self.shapes.cache_shape(), "cache_v": self.shapes.cache_shape(),
+                  **slot_state_shapes(self.shapes)}
+        self._tensors = {name: self.model.runtime.put(np.zeros(s.dims, s.dtype.numpy)) for name, s in shapes.items()}
+
+    def _state(self) -> dict[str, object]:
+        if self._tensors is None:
+            self.reset()
+        return self._tensors
+
+    def insert(self, slots: list[int], sources: list[np.ndarray]) -> int:
+        """Encode `sources` (1-D id arrays, no padding) and write them into `slots`; returns their source bucket."""
+        pad = self.model.config.pad_token_id
+        bucket = self.model.compile_config.encoder_bucket(max(len(s) for s in sources))
+        rows = next(k for k in self.insert_sizes if k >= len(slots))
+        ids = np.full((rows, bucket), pad, np.int32)
+        index = np.full(rows, slots[0], np.int32)              # padding rows: row 0's slot, overwritten by row 0
+        for row, (slot, source) in enumerate(zip(slots, sources)):
+            ids[row, : len(source)], index[row] = source, slot
+        ids[len(slots):] = ids[0]
+        mask = (ids != pad).astype(np.int32)
+        state = self._state()
+        self._tensors = None                                   # donated below: gone if the call fails
+        out = self.model.run_program(SlotEncoderKey(rows, bucket),
+                                     lambda: build_slot_encoder(self.shapes, rows, bucket),
+                                     input_ids=ids, attention_mask=mask, slots=index,
+                                     cross_k=state["cross_k"], cross_v=state["cross_v"],
+                                     encoder_attention_mask=state["encoder_attention_mask"])
+        self._tensors = {**state, **out}
+        return bucket
+
+    def step(self, tokens: np.ndarray, positions: np.ndarray, active: np.ndarray, source_len: int,
+             head: str = "greedy") -> np.ndarray:
+        """Feed tokens[b] at positions[b] to every slot. Returns the greedy next token of each slot (-1 where not
+        active), or with head="logits" the float32 logits [B, vocab] (for checks and custom loops). Inactive slots
+        compute and write their own cache rows only, at positions a later occupant rewrites before reading them."""
+        if head not in ("greedy", "logits"):
+            raise ValueError(f"slot steps have a greedy or a logits head, got {head!r}")
+        bucket = self.model.compile_config.decoder_bucket(int(positions[active].max()) + 1)
+        stored = self.shapes.max_source_length
+        state = self._state()
+        self._tensors = None
+        out = self.model.run_program(
+            SlotDecoderKey(head, bucket, source_len),
+            lambda: build_decoder(self.shapes, 1, bucket, source_len, head, cross_len=stored),
+            input_ids=tokens.astype(np.int32)[:, None], start=positions.astype(np.int32),
+            active=active.astype(np.int32), **state)
+        self._tensors = {**state, "cache_k": out["cache_k"], "cache_v": out["cache_v"]}
+        if head == "logits":
+            return np.array(out["logits"].numpy(0)[: self.model.config.vocab_size].T, np.float32, order="C")
+        return out["next_token"].numpy(0).astype(np.int64)
+
+    def reorder(self, index: np.ndarray) -> None:
+        """Slot b's self-attention cache becomes slot index[b]'s (index: [B], identity outside beam requests)."""
+        state = self._state()
+        self._tensors = None
+        out = self.model.run_program(SlotReorderKey(self.batch_size), lambda: build_slot_reorder(self.shapes),
+                                     index=index.astype(np.int32), cache_k=state["cache_k"], cache_v=state["cache_v"])
+        self._tensors = {**state, **out}

@@ -1,0 +1,252 @@
+"""The slot engine against HF transformers, line by line (f32, greedy): programs, refills, threads, cancel, errors."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from nllb_neuronx import NLLBForSampling
+from nllb_neuronx.engine import EngineClosed, GenerationRequest, QueueFull, SamplingParams, SlotEngine
+from nllb_neuronx.slot_state import SlotState
+from tests.conftest import TOLERANCE
+
+BUCKETS = dict(n_positions=[8, 24], encoder_buckets=[8, 16])
+SLOTS = 4
+
+
+@pytest.fixture(scope="module")
+def model(tiny_checkpoint):
+    path, _ = tiny_checkpoint
+    return NLLBForSampling.from_pretrained(path, batch_size=SLOTS, **BUCKETS).to_neuron()
+
+
+@pytest.fixture(scope="module")
+def engine(model):
+    with SlotEngine(model) as engine:
+        yield engine
+
+
+def source(length: int, rng, vocab: int) -> list[int]:
+    """A source line as a tokenizer gives it: ids, then EOS."""
+    return [int(i) for i in rng.integers(4, vocab, length - 1)] + [2]
+
+
+def hf_line(hf, request: GenerationRequest, num_beams: int | None = None) -> list[int]:
+    """HF generate() on that one line alone."""
+    forced = {} if request.forced_bos_token_id is None else {"forced_bos_token_id": request.forced_bos_token_id}
+    with torch.no_grad():
+        out = hf.generate(input_ids=torch.tensor([list(request.input_ids)]), max_new_tokens=request.max_new_tokens,
+                          num_beams=num_beams or request.num_beams, do_sample=False, **forced)
+    return out[0].tolist()
+
+
+def corpus(vocab: int, lengths, seed: int = 0) -> list[GenerationRequest]:
+    rng = np.random.default_rng(seed)
+    return [GenerationRequest(source(n, rng, vocab), forced_bos_token_id=None if i % 4 == 3 else 5 + i % 3,
+                              max_new_tokens=int(rng.integers(2, 24)))
+            for i, n in enumerate(lengths)]
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_slot_steps_match_hf_logits_with_staggered_rows_and_reused_slots(model, tiny_checkpoint, tp):
+    """Rows at different positions and source buckets share steps; a slot that held a long source and a long target
+    is refilled with a short one, whose logits must not see what was left behind."""
+    path, hf = tiny_checkpoint
+    vocab, rng = hf.config.vocab_size, np.random.default_rng(7)
+    if tp > 1:
+        model = NLLBForSampling.from_pretrained(path, batch_size=SLOTS, tp_degree=tp, **BUCKETS).to_neuron()
+    state = SlotState(model)
+    lines = {name: (np.array(source(n, rng, vocab)), np.array([2] + [int(t) for t in rng.integers(4, vocab, p - 1)]))
+             for name, n, p in [("a", 14, 12), ("b", 5, 9), ("c", 7, 10), ("e", 3, 6), ("d", 4, 11)]}
+    with torch.no_grad():
+        ref = {name: hf(input_ids=torch.tensor(src[None]), decoder_input_ids=torch.tensor(tgt[None])).logits[0].numpy()
+               for name, (src, tgt) in lines.items()}
+    slots: dict[int, tuple[str, int, int]] = {}                     # slot -> (line, position, bucket)
+
+    def insert(pairs):
+        bucket = state.insert([slot for slot, _ in pairs], [lines[name][0] for _, name in pairs])
+        slots.update({slot: (name, 0, bucket) for slot, name in pairs})
+
+    insert([(3, "b"), (0, "e")])                                    # two rows in one call, slots out of order
+    insert([(2, "a")])                                              # the 16 bucket
+    for step in range(23):                                         # d, the last, ends at step 22
+        if step == 3:
+            insert([(1, "c")])                                      # joins three rows already under way
+        if step == 12:
+            insert([(2, "d")])                                      # reuses a's slot: a 16 source, 12 positions
+        tokens, positions, active = np.zeros(SLOTS, np.int64), np.zeros(SLOTS, np.int64), np.zeros(SLOTS, bool)
+        for slot, (name, pos, _) in slots.items():
+            tokens[slot], positions[slot], active[slot] = lines[name][1][pos], pos, True
+        logits = state.step(tokens, positions, active, max(b for _, _, b in slots.values()), head="logits")
+        for slot, (name, pos, bucket) in list(slots.items()):
+            np.testing.assert_allclose(logits[slot], ref[name][pos], atol=TOLERANCE["logits"],
+                                       err_msg=f"line {name} position {pos} (step {step}, slot {slot})")
+            done = pos + 1 == len(lines[name][1])
+            if done:
+                del slots[slot]
+            else:
+                slots[slot] = (name, pos + 1, bucket)
+    assert not slots                                                # every line ran to its end
+    assert state.insert_sizes == (1, 2, 4)
+
+
+def test_every_line_equals_hf_alone_with_slots_refilled(engine, tiny_checkpoint):
+    _, hf = tiny_checkpoint
+    requests = corpus(hf.config.vocab_size, lengths=[3, 16, 6, 2, 14, 9, 5, 12, 4, 7, 15, 8])  # 12 lines, 4 slots
+    before = engine.stats()
+    results = list(engine.generate(requests, read_ahead=6))
+    for i, (request, ids) in enumerate(zip(requests, results)):
+        assert ids.dtype == np.int64
+        assert ids.tolist() == hf_line(hf, request), f"line {i} ({len(request.input_ids)} source tokens)"
+    stats = engine.stats()
+    steps = stats.slot_steps - before.slot_steps
+    useful = stats.useful_slot_steps - before.useful_slot_steps
+    assert steps % SLOTS == 0 and 0 < useful <= steps
+    assert useful == sum(len(ids) - 1 for ids in results)     # one step per generated token, the forced one too
+    assert stats.active_slots == 0 and stats.queue_depth == 0 and 0 < stats.occupancy <= 1
+
+
+def test_concurrent_submit_from_threads(engine, tiny_checkpoint):
+    _, hf = tiny_checkpoint
+    requests = corpus(hf.config.vocab_size, lengths=[4, 11, 2, 16, 7, 9, 3, 13, 6], seed=1)
+    futures = [None] * len(requests)
+
+    def submit_every_third(first: int):
+        for i in range(first, len(requests), 3):
+            futures[i] = engine.submit(requests[i])
+
+    threads = [threading.Thread(target=submit_every_third, args=(t,)) for t in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, (request, future) in enumerate(zip(requests, futures)):
+        assert future.result(timeout=120).tolist() == hf_line(hf, request), f"line {i}"
+
+
+def test_cancel_frees_the_slot_and_the_rest_are_unchanged(engine, tiny_checkpoint):
+    _, hf = tiny_checkpoint
+    requests = corpus(hf.config.vocab_size, lengths=[5, 9, 13, 3, 8, 6, 10], seed=2)
+    requests = [GenerationRequest(r.input_ids, 5, max_new_tokens=23) for r in requests]
+    futures = [engine.submit(r) for r in requests]
+    cancelled = {i: futures[i].cancel() for i in (1, 5)}       # an early one (likely in a slot) and a queued one
+    assert any(cancelled.values())
+    for i, (request, future) in enumerate(zip(requests, futures)):
+        if cancelled.get(i):
+            assert future.cancelled()
+        else:
+            assert future.result(timeout=120).tolist() == hf_line(hf, request), f"line {i}"
+    assert engine.stats().active_slots == 0
+
+
+def test_invalid_requests_fail_their_own_future(engine, model, tiny_checkpoint):
+    _, hf = tiny_checkpoint
+    good = corpus(hf.config.vocab_size, lengths=[6])[0]
+    bad = {
+        "longer than the largest encoder bucket": GenerationRequest(list(range(4, 21)) + [2], 5, 4),
+        "max_new_tokens": GenerationRequest([7, 2], 5, 25),
+        "input_ids must lie in": GenerationRequest([7, 500, 2], 5, 4),
+        "non-empty": GenerationRequest([], 5, 4),
+        "forced_bos_token_id": GenerationRequest([7, 2], -3, 4),
+    }
+    futures = {message: engine.submit(request) for message, request in bad.items()}
+    future = engine.submit(good)
+    for message, f in futures.items():
+        with pytest.raises(ValueError, match=message):
+            f.result(timeout=10)
+    with pytest.raises(ValueError, match="num_beams"):
+        engine.submit(GenerationRequest([7, 2], 5, 4, num_beams=SLOTS + 1)).result(timeout=10)
+    with pytest.raises(NotImplementedError, match="sampling"):
+        engine.submit(GenerationRequest([7, 2], 5, 4, sampling=SamplingParams(top_k=5))).result(timeout=10)
+    with pytest.raises(ValueError, match="temperature"):
+        SamplingParams(temperature=0.0)
+    assert future.result(timeout=60).tolist() == hf_line(hf, good)
+    # nothing to decode: the forced token alone (max_new_tokens=1), as HF
+    short = GenerationRequest([9, 2], 5, 1)
+    assert engine.submit(short).result(timeout=10).tolist() == hf_line(hf, short)
+
+
+def test_queue_full_is_typed_and_a_failed_device_call_fails_only_what_is_in_flight(model, tiny_checkpoint,
+                                                                                    monkeypatch):
+    _, hf = tiny_checkpoint
+    requests = [GenerationRequest(r.input_ids, 5, max_new_tokens=23)
+                for r in corpus(hf.config.vocab_size, lengths=[5, 9, 3, 8, 6, 4, 7, 10], seed=3)]
+    engine = SlotEngine(model, max_queue=2)
+    try:
+        accepted = []
+        with pytest.raises(QueueFull):
+            for request in requests * 4:                        # 4 slots + 2 queued at most, unless lines finish
+                accepted.append((request, engine.submit(request)))
+        for request, future in accepted:
+            assert future.result(timeout=120).tolist() == hf_line(hf, request)
+
+        real, calls = model.run_program, []
+
+        def fail_once(key, build, **inputs):                   # the device call fails, as a lost device would
+            calls.append(key)
+            if len(calls) == 3:
+                raise RuntimeError("device lost")
+            return real(key, build, **inputs)
+
+        monkeypatch.setattr(model, "run_program", fail_once)
+        futures = [engine.submit(r) for r in requests[:2]]
+        errors = [f.exception(timeout=120) for f in futures]
+        assert any(isinstance(e, RuntimeError) and "device lost" in str(e) for e in errors)
+        monkeypatch.setattr(model, "run_program", real)
+        for request in requests[2:5]:                          # the engine carries on, with a fresh state
+            assert engine.submit(request).result(timeout=120).tolist() == hf_line(hf, request)
+    finally:
+        engine.close(drain=False)
+    with pytest.raises(EngineClosed):
+        engine.submit(requests[0])
+
+
+def test_close_without_drain_cancels_what_is_left(model, tiny_checkpoint):
+    _, hf = tiny_checkpoint
+    requests = [GenerationRequest(r.input_ids, 5, max_new_tokens=23)
+                for r in corpus(hf.config.vocab_size, lengths=[5, 9, 3, 8, 6, 4, 7, 10, 11, 12], seed=4)]
+    engine = SlotEngine(model)
+    futures = [engine.submit(r) for r in requests]
+    engine.close(drain=False)
+    assert all(f.done() for f in futures)
+    assert any(f.cancelled() for f in futures)
+    for request, future in zip(requests, futures):
+        if not future.cancelled():
+            assert future.result().tolist() == hf_line(hf, request)
+
+
+@pytest.fixture(scope="module")
+def beam_checkpoint(tmp_path_factory):
+    """A tiny random model whose beams often differ from greedy (large weights: clear logit gaps, few near-ties) and
+    that stops: its EOS is made a token it often produces (58)."""
+    from transformers import M2M100Config, M2M100ForConditionalGeneration
+
+    from tests.conftest import TINY_CONFIGS
+
+    torch.manual_seed(0)
+    config = M2M100Config(max_position_embeddings=128, init_std=0.5, dropout=0.0, attention_dropout=0.0,
+                          eos_token_id=58, **TINY_CONFIGS["tiny"])
+    hf = M2M100ForConditionalGeneration(config).eval()
+    path = tmp_path_factory.mktemp("beams")
+    hf.save_pretrained(path)
+    return str(path), hf
+
+
+def test_beams_take_slots_and_equal_hf_beam_search_alone(beam_checkpoint):
+    path, hf = beam_checkpoint
+    model = NLLBForSampling.from_pretrained(path, batch_size=SLOTS, **BUCKETS).to_neuron()
+    rng = np.random.default_rng(0)
+    requests = [GenerationRequest(source(n, rng, hf.config.vocab_size), forced_bos_token_id=5 if i % 3 else None,
+                                  max_new_tokens=[4, 20, 11, 7, 22][i % 5], num_beams=1 + i % SLOTS)
+                for i, n in enumerate([3, 14, 6, 16, 2, 9, 12, 5, 7, 10])]
+    with SlotEngine(model) as engine:
+        results = list(engine.generate(requests))
+    differ = 0
+    for i, (request, ids) in enumerate(zip(requests, results)):
+        assert ids.tolist() == hf_line(hf, request), f"line {i} ({request.num_beams} beams)"
+        differ += request.num_beams > 1 and ids.tolist() != hf_line(hf, request, num_beams=1)
+    assert differ >= 3                                            # the beams did search: not greedy in disguise
+    assert any(ids[-1] == 58 and len(ids) < 1 + r.max_new_tokens for r, ids in zip(requests, results))  # EOS
