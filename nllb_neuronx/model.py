@@ -119,15 +119,17 @@ class NLLBForSampling:
         return self._programs[key]
 
     def program_builders(self) -> dict[tuple, object]:
-        """Every program this model's shape can run: key -> builder. Prefixes of 1 and 2 tokens (decoder start,
-        then the language code) are the ones generation uses."""
+        """Every program generation can run with this model's shape: key -> builder. One new token per step in
+        every target bucket; the two-token prefix (decoder start, then the language code) only at position 0, so
+        only in the target bucket that holds 2 positions."""
         c, shapes = self.compile_config, self.shapes
+        prefix_bucket = next((t for t in c.n_positions if t >= 2), None)
         builders = {}
         for s in c.encoder_buckets:
             builders[("encoder", s)] = lambda s=s: build_encoder(shapes, s)
             builders[("reorder", s)] = lambda s=s: build_reorder(shapes, s)
             for t in c.n_positions:
-                for new in (1, 2):
+                for new in (1, 2) if t == prefix_bucket else (1,):
                     for head in ("greedy", "logits"):
                         builders[("decoder", head, new, t, s)] = \
                             lambda h=head, n=new, t=t, s=s: build_decoder(shapes, n, t, s, h)
