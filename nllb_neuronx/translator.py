@@ -21,7 +21,25 @@ from nllb_neuronx.model import NLLBForSampling
 
 _NLLB_CODE = re.compile(r"^[a-z]{3}_[A-Z][a-z]{3}$")
 _M2M_CODE = re.compile(r"^__[a-z]{2,3}__$")
-_SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+")
+# A sentence ends at . ! ? (and the Arabic, Urdu, Devanagari and Ethiopic marks) followed by whitespace, or at the
+# full-width and Burmese/Khmer marks, which are written without a space after them.
+_SENTENCE_END = re.compile(r"(?<=[.!?…؟۔।॥።])\s+|(?<=[。！？｡။។])\s*")
+# Scripts written without spaces between words or sentences: a split line's translations are rejoined with nothing
+# between them when the target is in one of these (NLLB codes end in the script; M2M100 codes name the language).
+_UNSPACED_SCRIPTS = {"Hans", "Hant", "Jpan", "Thai", "Laoo", "Khmr", "Mymr", "Tibt"}
+_UNSPACED_M2M = {"zh", "ja", "th", "lo", "km", "my"}
+
+
+def split_sentences(text: str) -> list[str]:
+    """`text` cut after each sentence end (see _SENTENCE_END), stripped, without empty pieces."""
+    return [s for s in (p.strip() for p in _SENTENCE_END.split(text.strip())) if s]
+
+
+def sentence_separator(tgt_lang: str) -> str:
+    """What goes between the translations of one line's sentences: a space, or nothing for unspaced scripts."""
+    code = tgt_lang.strip("_")
+    unspaced = code.rsplit("_", 1)[-1] in _UNSPACED_SCRIPTS if "_" in code else code in _UNSPACED_M2M
+    return "" if unspaced else " "
 
 
 class TextError(ValueError):
@@ -89,7 +107,7 @@ class Translator:
         joined: list[list[str]] = [[] for _ in texts]
         for (index, _), text in zip(pieces, results):
             joined[index].append(text)
-        return [" ".join(parts) for parts in joined]
+        return [sentence_separator(target).join(parts) for parts, target in zip(joined, targets)]
 
     def _pieces(self, texts, src_lang, split_long) -> list[tuple[int, list[int]]]:
         """Token ids of each non-empty text (or of its sentences, when split); a clear error for a line too long."""
@@ -110,7 +128,7 @@ class Translator:
                     index, f"has {len(ids)} tokens, more than the largest encoder bucket ({limit}); pass "
                     "split_long=True (CLI: --split-long) to split long inputs on sentence boundaries, or compile "
                     "with a larger encoder bucket")
-            for sentence in _SENTENCE_END.split(text.strip()):
+            for sentence in split_sentences(text):
                 ids = self._encode(sentence)
                 if len(ids) > limit:
                     raise TextError(index, f"has a sentence of {len(ids)} tokens, more than the largest encoder "

@@ -144,3 +144,20 @@ def test_cli_compile_and_concurrent_compiles_leave_a_valid_store(nllb_checkpoint
     info = _cli(["info", "--model", path, "--compiled-dir", str(store)])
     assert info.returncode == 0 and b"compiled artifacts: 6 programs" in info.stdout
     assert not [f for f in os.listdir(store / "programs") if f.endswith(".tmp")]
+
+
+def test_split_sentences_handles_unspaced_punctuation():
+    from nllb_neuronx.translator import split_sentences
+
+    assert split_sentences("你好。我很好！谢谢？ 再见") == ["你好。", "我很好！", "谢谢？", "再见"]
+    assert split_sentences(" Hello there. How are you?  Fine! ") == ["Hello there.", "How are you?", "Fine!"]
+    assert split_sentences("3.5 kg is fine.It stays") == ["3.5 kg is fine.It stays"]   # no space, no sentence end
+
+
+@pytest.mark.parametrize("tgt, separator", [("tha_Thai", ""), ("bod_Tibt", ""), ("fra_Latn", " ")])
+def test_split_long_rejoins_by_target_script(translator, tgt, separator):
+    sentences = ["Hello world.", "How are you?", "The cat sat on the mat.", "Translation at scale is fun!"] * 2
+    line = " ".join(sentences)
+    parts = translator.translate(sentences, "eng_Latn", tgt)
+    assert sum(map(bool, parts)) >= 2        # the random model says something in these languages: a join to see
+    assert translator.translate([line, "Hi."], "eng_Latn", tgt, split_long=True)[0] == separator.join(parts)
