@@ -91,6 +91,16 @@ def test_model_dir_and_beams(cache_root, tmp_path):
     assert neuron["matches_hf_row0"]          # beam search in f32 is token-exact with HF's
 
 
+@pytest.mark.skipif(not HAVE_CT2, reason="ctranslate2 is not installed")
+def test_ct2_engine_from_an_empty_cache(tmp_path):
+    """A fresh machine: no random checkpoint and no CT2 conversion yet; the harness makes both, then runs."""
+    cache = tmp_path / "empty-cache"
+    records, _ = run_bench(cache, tmp_path, "--shape", "tiny", "--engines", "ct2-int8", "--batch-sizes", "1",
+                           "--new-tokens", "3", "--src-len", "8")
+    assert [(r["engine"], r["status"]) for r in records] == [("ct2-int8", "ok")], records
+    assert records[0]["convert_s"] > 0 and len(records[0]["output_ids"]) == 3
+
+
 @pytest.mark.parametrize("argv", [["--engines", "nope"], ["--new-tokens", "2"]])
 def test_bad_arguments(argv):
     proc = subprocess.run([sys.executable, str(SCRIPT), *argv], cwd=ROOT, capture_output=True, text=True, timeout=60)
