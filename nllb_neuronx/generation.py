@@ -60,6 +60,12 @@ class HuggingFaceGenerationModelAdapter(PreTrainedModel, GenerationMixin):
     def device(self) -> torch.device:
         return torch.device("cpu")
 
+    def generate(self, *args, **kwargs):
+        """HF generate(), holding the model's lock for the whole call: its encode, decode steps and reorders share
+        the device state, so concurrent callers are served one whole call at a time."""
+        with self.neuron.exclusive():
+            return super().generate(*args, **kwargs)
+
     def get_encoder(self, *args, **kwargs):
         return self.encoder
 

@@ -10,9 +10,11 @@ for the last new token of each row, repeatedly; `reset()` forgets the target sid
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,7 +47,21 @@ class _Source:
     row_map: np.ndarray                     # current row i holds encoded row row_map[i] (after reorders)
 
 
+def _exclusive(method):
+    """Run a public method holding the model's lock: concurrent callers are served one whole call at a time."""
+
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
 class NLLBForSampling:
+    """Thread-safe: every public call that touches the device holds one re-entrant lock, so concurrent callers are
+    served one whole call at a time; `exclusive()` holds it across several calls (the HF adapter's generate())."""
+
     def __init__(self, checkpoint: Checkpoint, model: ModelConfig, compile_config: CompileConfig):
         self.checkpoint, self.config, self.compile_config = checkpoint, model, compile_config
         self.shapes = ProgramShapes(model, compile_config)
@@ -55,6 +71,12 @@ class NLLBForSampling:
         self._source: _Source | None = None
         self._caches: dict[str, object] = {}
         self._position = 0
+        self._lock = threading.RLock()
+
+    def exclusive(self) -> threading.RLock:
+        """The model's lock, to hold across several calls that belong together (encode, decode steps, reorders):
+        `with model.exclusive(): ...`. Every public call takes it too; it is re-entrant."""
+        return self._lock
 
     # ------------------------------------------------------------------------------------------------ loading
     @classmethod
@@ -86,6 +108,7 @@ class NLLBForSampling:
     def batch_size(self) -> int:
         return self.compile_config.batch_size
 
+    @_exclusive
     def to_neuron(self) -> "NLLBForSampling":
         """Start the runtime and upload the weights (streamed one tensor at a time, sharded per rank)."""
         backend = select_backend(self.compile_config.backend, self.tp_degree)
@@ -135,6 +158,7 @@ class NLLBForSampling:
                             lambda h=head, n=new, t=t, s=s: build_decoder(shapes, n, t, s, h)
         return builders
 
+    @_exclusive
     def compile_all(self, workers: int | None = None) -> int:
         """Compile every program ahead of time, several at once; returns how many the runtime really compiled."""
         from concurrent.futures import ThreadPoolExecutor
@@ -147,6 +171,7 @@ class NLLBForSampling:
             self._programs.update(dict(compiled))
         return self.runtime.compile_count - before
 
+    @_exclusive
     def save(self, directory: str) -> None:
         """Compile every program (those not compiled yet) and store them with a manifest in `directory`."""
         from pathlib import Path
@@ -171,6 +196,7 @@ class NLLBForSampling:
             raise RuntimeError("call model.to_neuron() first: it starts the runtime and uploads the weights")
 
     # -------------------------------------------------------------------------------------------- low-level API
+    @_exclusive
     def reset(self) -> None:
         """Forget the target side: the next decode_step starts at position 0 (the source stays encoded)."""
         self._require_runtime()
@@ -179,6 +205,7 @@ class NLLBForSampling:
             self._caches = {"cache_k": self.runtime.put(zeros), "cache_v": self.runtime.put(zeros)}
         self._position = 0
 
+    @_exclusive
     def encode(self, input_ids, attention_mask=None) -> None:
         """Encode a batch of at most `batch_size` rows; resets the target side."""
         self._require_runtime()
@@ -198,6 +225,7 @@ class NLLBForSampling:
                                out["encoder_hidden_states"], np.arange(rows))
         self.reset()
 
+    @_exclusive
     def encoder_hidden_states(self) -> np.ndarray:
         """The last encoded batch's final encoder states [rows, S_bucket, H] (for checks and debugging)."""
         source = self._require_source()
@@ -208,6 +236,7 @@ class NLLBForSampling:
             raise RuntimeError("call encode() (or sample()) first")
         return self._source
 
+    @_exclusive
     def reorder(self, indices) -> None:
         """Make row i of the batch a copy of current row `indices[i]`, on the device: the self-attention cache, the
         cross-attention K/V and the source mask. Beam search reorders beams with it; it also grows a batch of rows
@@ -234,6 +263,7 @@ class NLLBForSampling:
         """Target tokens already in the cache."""
         return self._position
 
+    @_exclusive
     def decode_step(self, token_ids) -> np.ndarray:
         """Feed one new token per row ([rows] or [rows, 1]), or a known prefix ([rows, P]); returns the logits of
         the last fed token of each row, float32 [rows, vocab_size]."""
@@ -268,6 +298,7 @@ class NLLBForSampling:
         return out
 
     # ---------------------------------------------------------------------------------------------- sampling
+    @_exclusive
     def sample(self, input_ids, attention_mask=None, max_new_tokens: int = 64, forced_bos_token_id=None,
                decoder_start_token_id: int | None = None, eos_token_id: int | None = None, do_sample: bool = False,
                temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None) -> np.ndarray:

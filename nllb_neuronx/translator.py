@@ -84,7 +84,12 @@ class Translator:
     def translate(self, texts: Sequence[str], src_lang: str, tgt_lang: str | Sequence[str], num_beams: int = 1,
                   max_new_tokens: int | None = None, split_long: bool = False, **generate_kwargs) -> list[str]:
         """Translate `texts` from `src_lang` to `tgt_lang` (one code, or one per text). Extra keyword arguments
-        (length_penalty, no_repeat_ngram_size, do_sample, ...) go to HF generate()."""
+        (length_penalty, no_repeat_ngram_size, do_sample, ...) go to HF generate(). Safe for concurrent callers:
+        calls are served one whole call at a time (they share the model's device state and the tokenizer)."""
+        with self.model.exclusive():
+            return self._translate(texts, src_lang, tgt_lang, num_beams, max_new_tokens, split_long, generate_kwargs)
+
+    def _translate(self, texts, src_lang, tgt_lang, num_beams, max_new_tokens, split_long, generate_kwargs):
         texts = list(texts)
         targets = [tgt_lang] * len(texts) if isinstance(tgt_lang, str) else list(tgt_lang)
         if len(targets) != len(texts):
