@@ -48,12 +48,17 @@ class _Source:
 
 
 def _exclusive(method):
-    """Run a public method holding the model's lock: concurrent callers are served one whole call at a time."""
+    """Run a public method holding the model's lock: concurrent callers are served one whole call at a time. A call
+    that fails (or is interrupted) after a program consumed the device state leaves no dead buffers behind."""
 
     @functools.wraps(method)
     def locked(self, *args, **kwargs):
         with self._lock:
-            return method(self, *args, **kwargs)
+            try:
+                return method(self, *args, **kwargs)
+            except BaseException:
+                self._recover(drop_source=method.__name__ == "sample")
+                raise
 
     return locked
 
@@ -191,6 +196,18 @@ class NLLBForSampling:
         feed = {name: inputs[name] if name in inputs else self._weights[name] for name in program.module.params.names}
         return program.run(feed)
 
+    def _recover(self, drop_source: bool) -> None:
+        """After a failed call: where a program consumed (donated) a cache or the cross-attention K/V and its result
+        never arrived, forget the target and source state, so the next encode() or sample() starts from fresh
+        caches. `drop_source`: forget the encoded batch anyway (a half-finished sample())."""
+        state = list(self._caches.values()) + ([self._source.cross_k, self._source.cross_v] if self._source else [])
+        lost = any(t.deleted for t in state)
+        if lost:
+            log.warning("a call failed after the device consumed its caches; they are recreated on the next call")
+            self._caches = {}
+        if lost or drop_source:
+            self._source, self._position = None, 0
+
     def _require_runtime(self):
         if self.runtime is None:
             raise RuntimeError("call model.to_neuron() first: it starts the runtime and uploads the weights")
@@ -200,7 +217,7 @@ class NLLBForSampling:
     def reset(self) -> None:
         """Forget the target side: the next decode_step starts at position 0 (the source stays encoded)."""
         self._require_runtime()
-        if not self._caches:
+        if not self._caches or any(t.deleted for t in self._caches.values()):
             zeros = np.zeros(self.shapes.cache_shape().dims, self.shapes.dtype.numpy)
             self._caches = {"cache_k": self.runtime.put(zeros), "cache_v": self.runtime.put(zeros)}
         self._position = 0
