@@ -1,7 +1,7 @@
 """nllb_neuronx: Meta's NLLB-200 / M2M100 as tensor-parallel, KV-cached HLO programs (Neuron, XLA CPU/GPU)."""
 
 from nllb_neuronx.config import CompileConfig, ModelConfig
-from nllb_neuronx.model import NLLBForSampling
+from nllb_neuronx.model import NLLBForSampling, ProgramKey, Sampling
 
 
 def __getattr__(name):  # these import transformers' generation and tokenizer stacks: load them only when asked for
@@ -14,5 +14,6 @@ def __getattr__(name):  # these import transformers' generation and tokenizer st
     raise AttributeError(f"module 'nllb_neuronx' has no attribute {name!r}")
 
 
-__all__ = ["CompileConfig", "HuggingFaceGenerationModelAdapter", "ModelConfig", "NLLBForSampling", "Translator"]
+__all__ = ["CompileConfig", "HuggingFaceGenerationModelAdapter", "ModelConfig", "NLLBForSampling", "ProgramKey", "Sampling",
+           "Translator"]
 __version__ = "0.1.0"

@@ -77,7 +77,7 @@ class HuggingFaceGenerationModelAdapter(PreTrainedModel, GenerationMixin):
             raise ValueError("decoder_input_ids are required: the adapter runs cached decoding for generate()")
         neuron = self.neuron
         rows = decoder_input_ids.shape[0]
-        source_rows = neuron._require_source().rows
+        source_rows = neuron.source_rows
         if rows != source_rows:  # generate() expanded rows into beams or return sequences: repeat_interleave order
             if rows % source_rows or neuron.position:
                 raise ValueError(f"decoder batch of {rows} rows does not match the {source_rows} encoded rows")

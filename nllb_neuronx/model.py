@@ -15,7 +15,9 @@ import logging
 import math
 import os
 import threading
+import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -32,6 +34,43 @@ from nllb_neuronx.reorder import build_reorder
 from nllb_neuronx.weights import Checkpoint, read_config, resolve_path
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ProgramKey:
+    """One program of a model: the encoder or the reorder program of a source bucket, or a decoder program (its
+    token-choice head "greedy", "sample" or "logits", the tokens it takes per call, its target bucket) for a source
+    bucket."""
+
+    kind: str                   # "encoder", "reorder" or "decoder"
+    source_len: int
+    head: str = ""
+    new_tokens: int = 0
+    target_len: int = 0
+
+
+@dataclass(frozen=True)
+class ProgramEvent:
+    """What `add_program_observer` callbacks receive: a program this model fetched for the first time, and the
+    seconds it took (HLO build and serialization, then an XLA compile or a load from the caches)."""
+
+    key: ProgramKey
+    seconds: float
+
+
+class Sampling:
+    """How `next_tokens` draws: softmax(logits / temperature) within the `top_k` (0: all) most likely tokens and the
+    `top_p` nucleus, with uniform numbers from a generator seeded with `seed` (one per row and step)."""
+
+    def __init__(self, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None):
+        if not temperature > 0:
+            raise ValueError(f"temperature must be positive, got {temperature}")
+        if not 0 < top_p <= 1:
+            raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
+        if top_k < 0:
+            raise ValueError(f"top_k must be 0 (no limit) or positive, got {top_k}")
+        self.temperature, self.top_k, self.top_p = float(temperature), int(top_k), float(top_p)
+        self.rng = np.random.default_rng(seed)
 
 
 @dataclass
@@ -72,7 +111,8 @@ class NLLBForSampling:
         self.shapes = ProgramShapes(model, compile_config)
         self.runtime = None
         self._weights: dict[str, object] = {}
-        self._programs: dict[tuple, object] = {}
+        self._programs: dict[ProgramKey, object] = {}
+        self._program_observers: list[Callable[[ProgramEvent], None]] = []
         self._source: _Source | None = None
         self._caches: dict[str, object] = {}
         self._position = 0
@@ -141,12 +181,33 @@ class NLLBForSampling:
         return self
 
     # ----------------------------------------------------------------------------------------------- programs
-    def _program(self, key: tuple, build):
+    def _program(self, key: ProgramKey, build):
         if key not in self._programs:
+            start = time.perf_counter()
             self._programs[key] = self.runtime.compile(build())
+            self._notify(key, time.perf_counter() - start)
         return self._programs[key]
 
-    def program_builders(self) -> dict[tuple, object]:
+    def _notify(self, key: ProgramKey, seconds: float) -> None:
+        for callback in self._program_observers:
+            callback(ProgramEvent(key, seconds))
+
+    def add_program_observer(self, callback: Callable[[ProgramEvent], None]) -> None:
+        """Call `callback(ProgramEvent)` for every program this model fetches for the first time (a compile or a
+        load from the runtime's caches), e.g. to time compiles."""
+        self._program_observers.append(callback)
+
+    @property
+    def compiled_programs(self) -> list[ProgramKey]:
+        """The programs this model has fetched so far (compiled or loaded), in the order it fetched them."""
+        return list(self._programs)
+
+    @_exclusive
+    def forget_programs(self) -> None:
+        """Drop this model's handles on its programs: the next calls fetch them again from the runtime's caches."""
+        self._programs.clear()
+
+    def program_builders(self) -> dict[ProgramKey, object]:
         """Every program generation can run with this model's shape: key -> builder. One new token per step in
         every target bucket; the two-token prefix (decoder start, then the language code) only at position 0, so
         only in the target bucket that holds 2 positions."""
@@ -154,12 +215,12 @@ class NLLBForSampling:
         prefix_bucket = next((t for t in c.n_positions if t >= 2), None)
         builders = {}
         for s in c.encoder_buckets:
-            builders[("encoder", s)] = lambda s=s: build_encoder(shapes, s)
-            builders[("reorder", s)] = lambda s=s: build_reorder(shapes, s)
+            builders[ProgramKey("encoder", s)] = lambda s=s: build_encoder(shapes, s)
+            builders[ProgramKey("reorder", s)] = lambda s=s: build_reorder(shapes, s)
             for t in c.n_positions:
                 for new in (1, 2) if t == prefix_bucket else (1,):
                     for head in ("greedy", "logits"):
-                        builders[("decoder", head, new, t, s)] = \
+                        builders[ProgramKey("decoder", s, head, new, t)] = \
                             lambda h=head, n=new, t=t, s=s: build_decoder(shapes, n, t, s, h)
         return builders
 
@@ -171,9 +232,15 @@ class NLLBForSampling:
         self._require_runtime()
         before = self.runtime.compile_count
         builders = {k: b for k, b in self.program_builders().items() if k not in self._programs}
+
+        def fetch(item):
+            start = time.perf_counter()
+            return item[0], self.runtime.compile(item[1]()), time.perf_counter() - start
+
         with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-            compiled = pool.map(lambda item: (item[0], self.runtime.compile(item[1]())), builders.items())
-            self._programs.update(dict(compiled))
+            for key, program, seconds in pool.map(fetch, builders.items()):
+                self._programs[key] = program
+                self._notify(key, seconds)
         return self.runtime.compile_count - before
 
     @_exclusive
@@ -236,7 +303,7 @@ class NLLBForSampling:
         ids_b = np.full((self.batch_size, source_len), self.config.pad_token_id, np.int32)
         mask_b = np.zeros((self.batch_size, source_len), np.int32)
         ids_b[:rows, :length], mask_b[:rows, :length] = ids[:, :length], mask[:, :length]
-        program = self._program(("encoder", source_len), lambda: build_encoder(self.shapes, source_len))
+        program = self._program(ProgramKey("encoder", source_len), lambda: build_encoder(self.shapes, source_len))
         out = self._run(program, input_ids=ids_b, attention_mask=mask_b)
         self._source = _Source(rows, source_len, mask_b, out["cross_k"], out["cross_v"],
                                out["encoder_hidden_states"], np.arange(rows))
@@ -253,6 +320,27 @@ class NLLBForSampling:
             raise RuntimeError("call encode() (or sample()) first")
         return self._source
 
+    @property
+    def source_rows(self) -> int:
+        """Rows of the encoded batch (after reorders: rows x beams, say)."""
+        return self._require_source().rows
+
+    @property
+    def source_length(self) -> int:
+        """The encoder bucket the encoded batch was padded to."""
+        return self._require_source().source_len
+
+    @_exclusive
+    def wait(self) -> None:
+        """Block until the device has finished the work queued so far (programs run asynchronously): for timings."""
+        source = self._source
+        tensors = list(self._caches.values()) + (
+            [source.cross_k, source.cross_v, source.encoder_hidden_states] if source else [])
+        for tensor in tensors:
+            # TODO: DeviceTensor.wait() once hlo.runtime has it; jax arrays block here, others are read back
+            block = getattr(tensor.array, "block_until_ready", None)
+            block() if block else tensor.numpy(0)
+
     @_exclusive
     def reorder(self, indices) -> None:
         """Make row i of the batch a copy of current row `indices[i]`, on the device: the self-attention cache, the
@@ -267,7 +355,7 @@ class NLLBForSampling:
             raise ValueError(f"reorder indices must lie in [0, {source.rows}), got {index.tolist()}")
         full = np.arange(self.batch_size, dtype=np.int32)  # rows past the used ones keep themselves
         full[: index.size] = index
-        program = self._program(("reorder", source.source_len), lambda: build_reorder(self.shapes, source.source_len))
+        program = self._program(ProgramKey("reorder", source.source_len), lambda: build_reorder(self.shapes, source.source_len))
         out = self._run(program, index=full, cross_k=source.cross_k, cross_v=source.cross_v, **self._caches)
         self._caches = {"cache_k": out["cache_k"], "cache_v": out["cache_v"]}
         source.cross_k, source.cross_v = out["cross_k"], out["cross_v"]
@@ -305,7 +393,7 @@ class NLLBForSampling:
         bucket = self.compile_config.decoder_bucket(end)
         padded = np.full((self.batch_size, new), self.config.pad_token_id, np.int32)
         padded[: source.rows] = tokens
-        key = ("decoder", head, new, bucket, source.source_len)
+        key = ProgramKey("decoder", source.source_len, head, new, bucket)
         program = self._program(key, lambda: build_decoder(self.shapes, new, bucket, source.source_len, head))
         out = self._run(program, input_ids=padded, start=np.int32(self._position),
                         encoder_attention_mask=source.encoder_attention_mask, cross_k=source.cross_k,
@@ -325,15 +413,7 @@ class NLLBForSampling:
         token on the device from softmax(logits / temperature) within the `top_k` (0: all) most likely tokens and the
         `top_p` nucleus, from a generator seeded with `seed`. Only token ids come back to the host. Batches larger
         than `batch_size` are split and reassembled; decoding stops when every row has produced EOS."""
-        if do_sample:
-            if not temperature > 0:
-                raise ValueError(f"temperature must be positive, got {temperature}")
-            if not 0 < top_p <= 1:
-                raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
-            if top_k < 0:
-                raise ValueError(f"top_k must be 0 (no limit) or positive, got {top_k}")
-        sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p,
-                        rng=np.random.default_rng(seed)) if do_sample else None
+        sampling = Sampling(temperature, top_k, top_p, seed) if do_sample else None
         self._require_runtime()
         ids, mask = _as_batch(input_ids, attention_mask, self.config.pad_token_id)
         if max_new_tokens < 1:
@@ -358,15 +438,17 @@ class NLLBForSampling:
             row += c.shape[0]
         return out
 
-    def _next_tokens(self, feed: np.ndarray, sampling: dict | None) -> np.ndarray:
-        """The next token of each used row, chosen on the device (greedy, or drawn when `sampling` is given)."""
+    @_exclusive
+    def next_tokens(self, token_ids, sampling: Sampling | None = None) -> np.ndarray:
+        """Feed tokens as `decode_step` does and return the next token of each row, int64 [rows], chosen on the
+        device (greedy, or drawn as `sampling` says): only token ids come back to the host."""
         if sampling is None:
-            out = self._decode(feed, "greedy")
+            out = self._decode(token_ids, "greedy")
         else:
-            out = self._decode(feed, "sample", temperature=np.float32(sampling["temperature"]),
-                               top_k=np.int32(sampling["top_k"]), top_p=np.float32(sampling["top_p"]),
-                               uniform=sampling["rng"].random(self.batch_size, dtype=np.float32))
-        return out["next_token"].numpy(0)[: feed.shape[0]].astype(np.int64)
+            out = self._decode(token_ids, "sample", temperature=np.float32(sampling.temperature),
+                               top_k=np.int32(sampling.top_k), top_p=np.float32(sampling.top_p),
+                               uniform=sampling.rng.random(self.batch_size, dtype=np.float32))
+        return out["next_token"].numpy(0)[: self._source.rows].astype(np.int64)
 
     def _sample_chunk(self, ids, mask, max_new_tokens, forced, start, eos, sampling) -> np.ndarray:
         self.encode(ids, mask)
@@ -375,7 +457,7 @@ class NLLBForSampling:
         done = np.zeros(rows, bool) if forced is None else generated[0] == eos
         feed = np.stack([np.full(rows, start, np.int64)] + generated, axis=1)                     # [rows, 1 or 2]
         while len(generated) < max_new_tokens and not done.all():
-            token = self._next_tokens(feed, sampling)
+            token = self.next_tokens(feed, sampling)
             token = np.where(done, pad, token)
             generated.append(token)
             done |= token == eos

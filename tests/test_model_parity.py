@@ -79,10 +79,10 @@ def test_buckets_short_source_and_long_generation(tiny_checkpoint):
     ids, mask = source_batch(hf.config.vocab_size, lengths=(5, 3))
     model = load(path, batch_size=2)
     model.encode(ids, mask)
-    assert model._source.source_len == 8  # the smallest bucket that holds 5 tokens
+    assert model.source_length == 8  # the smallest bucket that holds 5 tokens
     ids16, mask16 = source_batch(hf.config.vocab_size, lengths=(14, 3))
     model.encode(ids16, mask16)
-    assert model._source.source_len == 16
+    assert model.source_length == 16
     # 22 new tokens cross from the 8-position decoder bucket into the 24-position one, keeping the cache. An EOS id
     # outside the vocabulary is never produced, so both run the full length.
     never = hf.config.vocab_size + 1
@@ -90,7 +90,7 @@ def test_buckets_short_source_and_long_generation(tiny_checkpoint):
     out = model.sample(ids16, mask16, max_new_tokens=22, eos_token_id=never)
     assert out.shape == (2, 23)
     np.testing.assert_array_equal(out, ref)
-    assert {k[3] for k in model._programs if k[0] == "decoder"} == {8, 24}
+    assert {k.target_len for k in model.compiled_programs if k.kind == "decoder"} == {8, 24}
 
 
 def test_bf16_agrees_with_f32(tiny_checkpoint):
