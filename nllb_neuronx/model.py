@@ -29,6 +29,7 @@ from nllb_neuronx.backend import select_backend
 from nllb_neuronx.config import CompileConfig, ModelConfig
 from nllb_neuronx.decoder import build_decoder
 from nllb_neuronx.encoder import build_encoder
+from nllb_neuronx.generation_defaults import GenerationDefaults
 from nllb_neuronx.program_spec import ProgramShapes
 from nllb_neuronx.reorder import build_reorder
 from nllb_neuronx.weights import Checkpoint, read_config, resolve_path
@@ -109,6 +110,7 @@ class NLLBForSampling:
     def __init__(self, checkpoint: Checkpoint, model: ModelConfig, compile_config: CompileConfig):
         self.checkpoint, self.config, self.compile_config = checkpoint, model, compile_config
         self.shapes = ProgramShapes(model, compile_config)
+        self.generation_defaults = GenerationDefaults.read(checkpoint.path, model)  # generation_config.json
         self.runtime = None
         self._weights: dict[str, object] = {}
         self._programs: dict[ProgramKey, object] = {}
@@ -404,18 +406,25 @@ class NLLBForSampling:
 
     # ---------------------------------------------------------------------------------------------- sampling
     @_exclusive
-    def sample(self, input_ids, attention_mask=None, max_new_tokens: int = 64, forced_bos_token_id=None,
-               decoder_start_token_id: int | None = None, eos_token_id: int | None = None, do_sample: bool = False,
+    def sample(self, input_ids, attention_mask=None, max_new_tokens: int | None = None, forced_bos_token_id=None,
+               decoder_start_token_id: int | None = None, eos_token_id=None, do_sample: bool = False,
                temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None) -> np.ndarray:
         """Generation laid out as HF `generate()`: decoder start, then the generated tokens (the forced language
         token first when given), rows that end early padded with pad_token_id. `forced_bos_token_id` is one id or one
         per row (rows with different target languages share a batch). Greedy by default; `do_sample=True` draws each
         token on the device from softmax(logits / temperature) within the `top_k` (0: all) most likely tokens and the
         `top_p` nucleus, from a generator seeded with `seed`. Only token ids come back to the host. Batches larger
-        than `batch_size` are split and reassembled; decoding stops when every row has produced EOS."""
+        than `batch_size` are split and reassembled; a row stops at any of the EOS ids (`eos_token_id`: one or a
+        list), decoding when every row has stopped. Arguments left None come from the checkpoint's
+        generation_config.json as HF reads it (`self.generation_defaults`): max_new_tokens from max_new_tokens or
+        max_length - 1 (capped at the largest decoder bucket), eos_token_id, forced_bos_token_id,
+        decoder_start_token_id and pad_token_id."""
         sampling = Sampling(temperature, top_k, top_p, seed) if do_sample else None
         self._require_runtime()
         ids, mask = _as_batch(input_ids, attention_mask, self.config.pad_token_id)
+        defaults = self.generation_defaults
+        if max_new_tokens is None:
+            max_new_tokens = min(defaults.max_new_tokens, self.compile_config.max_target_length)
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
         if max_new_tokens > self.compile_config.max_target_length:
@@ -423,15 +432,16 @@ class NLLBForSampling:
                 f"max_new_tokens={max_new_tokens} exceeds the largest decoder bucket "
                 f"{self.compile_config.max_target_length} (n_positions={list(self.compile_config.n_positions)}); "
                 "compile with a larger n_positions bucket")
-        start = self.config.decoder_start_token_id if decoder_start_token_id is None else decoder_start_token_id
-        eos = self.config.eos_token_id if eos_token_id is None else eos_token_id
+        start = defaults.decoder_start_token_id if decoder_start_token_id is None else int(decoder_start_token_id)
+        eos = np.asarray(defaults.eos_token_ids if eos_token_id is None else eos_token_id, np.int64).reshape(-1)
+        forced_bos_token_id = defaults.forced_bos_token_id if forced_bos_token_id is None else forced_bos_token_id
         forced = None if forced_bos_token_id is None else _one_per_row(forced_bos_token_id, ids.shape[0])
         chunks = [self._sample_chunk(ids[i: i + self.batch_size], mask[i: i + self.batch_size], max_new_tokens,
                                      None if forced is None else forced[i: i + self.batch_size], start, eos,
                                      sampling)
                   for i in range(0, ids.shape[0], self.batch_size)]
         width = max(c.shape[1] for c in chunks)
-        out = np.full((ids.shape[0], width), self.config.pad_token_id, np.int64)
+        out = np.full((ids.shape[0], width), defaults.pad_token_id, np.int64)
         row = 0
         for c in chunks:
             out[row: row + c.shape[0], : c.shape[1]] = c
@@ -452,15 +462,15 @@ class NLLBForSampling:
 
     def _sample_chunk(self, ids, mask, max_new_tokens, forced, start, eos, sampling) -> np.ndarray:
         self.encode(ids, mask)
-        rows, pad = ids.shape[0], self.config.pad_token_id
+        rows, pad = ids.shape[0], self.generation_defaults.pad_token_id
         generated = [] if forced is None else [np.asarray(forced, np.int64)]
-        done = np.zeros(rows, bool) if forced is None else generated[0] == eos
+        done = np.zeros(rows, bool) if forced is None else np.isin(generated[0], eos)
         feed = np.stack([np.full(rows, start, np.int64)] + generated, axis=1)                     # [rows, 1 or 2]
         while len(generated) < max_new_tokens and not done.all():
             token = self.next_tokens(feed, sampling)
             token = np.where(done, pad, token)
             generated.append(token)
-            done |= token == eos
+            done |= np.isin(token, eos)
             feed = token[:, None]
         return np.concatenate([np.full((rows, 1), start, np.int64)] + [g[:, None] for g in generated], axis=1)
 

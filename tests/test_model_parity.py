@@ -114,3 +114,29 @@ def test_bf16_logits_come_back_in_f32(tiny_checkpoint):
     assert logits.dtype == np.float32 and logits.shape == (len(ids), hf.config.vocab_size)
     as_bf16 = logits.astype(ml_dtypes.bfloat16).astype(np.float32)
     assert (logits != as_bf16).any()                              # values a bf16 result could not hold
+
+
+def test_generation_config_gives_the_defaults_hf_uses(tiny_checkpoint, tmp_path):
+    """max_length, an EOS list, forced_bos_token_id, decoder_start_token_id and pad_token_id from
+    generation_config.json, as HF generate() reads them; explicit arguments win."""
+    import json
+    import shutil
+
+    from transformers import M2M100ForConditionalGeneration
+
+    path, hf = tiny_checkpoint
+    ids, mask = source_batch(hf.config.vocab_size)
+    plain = hf_generate(hf, ids, mask, max_new_tokens=8, forced_bos_token_id=5, decoder_start_token_id=3)
+    stop = int(plain[0, 4])           # a token row 0 produces mid-way: with it in the EOS list, row 0 ends there
+    copy = tmp_path / "checkpoint"
+    shutil.copytree(path, copy)
+    (copy / "generation_config.json").write_text(json.dumps(dict(
+        bos_token_id=0, pad_token_id=0, decoder_start_token_id=3, eos_token_id=[2, stop], forced_bos_token_id=5,
+        max_length=9)))
+    hf_copy = M2M100ForConditionalGeneration.from_pretrained(copy).eval()
+    ref = hf_generate(hf_copy, ids, mask)
+    assert ref.shape[1] <= 9 and (ref[0, 5:] == 0).all() and not np.array_equal(ref, plain)
+    model = load(str(copy))
+    np.testing.assert_array_equal(model.sample(ids, mask), ref)
+    explicit = dict(max_new_tokens=4, eos_token_id=2, forced_bos_token_id=6, decoder_start_token_id=2)
+    np.testing.assert_array_equal(model.sample(ids, mask, **explicit), hf_generate(hf_copy, ids, mask, **explicit))
