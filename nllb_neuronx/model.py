@@ -458,7 +458,16 @@ class NLLBForSampling:
             out = self._decode(token_ids, "sample", temperature=np.float32(sampling.temperature),
                                top_k=np.int32(sampling.top_k), top_p=np.float32(sampling.top_p),
                                uniform=sampling.rng.random(self.batch_size, dtype=np.float32))
-        return out["next_token"].numpy(0)[: self._source.rows].astype(np.int64)
+        tokens = out["next_token"].numpy(0)[: self._source.rows].astype(np.int64)
+        bad = np.nonzero((tokens < 0) | (tokens >= self.config.vocab_size))[0]
+        if bad.size:  # the heads return -1 for a row whose logits hold NaN (older heads: a large id)
+            raise FloatingPointError(
+                f"the model produced NaN logits at step {self._position} (target position {self._position - 1}) "
+                f"in rows {bad.tolist()}: the token-choice head returned ids {tokens[bad].tolist()}, outside the "
+                f"vocabulary [0, {self.config.vocab_size}). With amp={self.compile_config.amp!r}: "
+                + ("f16 overflows: use amp='bf16' or 'f32'" if self.compile_config.amp == "f16" else
+                   "check the checkpoint's weights for NaN or inf"))
+        return tokens
 
     def _sample_chunk(self, ids, mask, max_new_tokens, forced, start, eos, sampling) -> np.ndarray:
         self.encode(ids, mask)
