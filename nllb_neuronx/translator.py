@@ -12,8 +12,10 @@ long inputs on sentence boundaries. Nothing is truncated silently.
 from __future__ import annotations
 
 import difflib
+import queue
 import re
-from typing import Sequence
+import threading
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -42,6 +44,25 @@ def sentence_separator(tgt_lang: str) -> str:
     return "" if unspaced else " "
 
 
+class LanguageCodes:
+    """The language codes a tokenizer knows (NLLB "fra_Latn", M2M100 "__fr__"), read from its vocabulary once."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.codes = sorted(t for t in tokenizer.get_vocab() if _NLLB_CODE.match(t) or _M2M_CODE.match(t))
+        self._known = set(self.codes)
+
+    def id(self, code: str) -> int:
+        """The token id of a language code ("fra_Latn" for NLLB, "fr" for M2M100); a clear error if unknown."""
+        token = code if code in self._known else f"__{code}__" if f"__{code}__" in self._known else None
+        if token is None:
+            close = difflib.get_close_matches(code, self.codes, n=5, cutoff=0.5)
+            hint = (f"; did you mean {', '.join(close)}?" if close else
+                    f"; known codes include {', '.join(self.codes[:8])}")
+            raise ValueError(f"unknown language code {code!r}{hint}")
+        return int(self.tokenizer.convert_tokens_to_ids(token))
+
+
 class TextError(ValueError):
     """A problem with one input text; `index` is its position in the list given to translate()."""
 
@@ -53,6 +74,7 @@ class TextError(ValueError):
 class Translator:
     def __init__(self, tokenizer, model: NLLBForSampling):
         self.tokenizer, self.model = tokenizer, model
+        self.languages = LanguageCodes(tokenizer)
         self._adapter = None
 
     @classmethod
@@ -67,18 +89,11 @@ class Translator:
 
     # ------------------------------------------------------------------------------------------------ languages
     def language_codes(self) -> list[str]:
-        vocab = self.tokenizer.get_vocab()
-        return sorted(t for t in vocab if _NLLB_CODE.match(t) or _M2M_CODE.match(t))
+        return list(self.languages.codes)
 
     def language_id(self, code: str) -> int:
         """The token id of a language code ("fra_Latn" for NLLB, "fr" for M2M100); a clear error if unknown."""
-        codes = self.language_codes()
-        token = code if code in codes else f"__{code}__" if f"__{code}__" in codes else None
-        if token is None:
-            close = difflib.get_close_matches(code, codes, n=5, cutoff=0.5)
-            hint = f"; did you mean {', '.join(close)}?" if close else f"; known codes include {', '.join(codes[:8])}"
-            raise ValueError(f"unknown language code {code!r}{hint}")
-        return int(self.tokenizer.convert_tokens_to_ids(token))
+        return self.languages.id(code)
 
     # -------------------------------------------------------------------------------------------- translation
     def translate(self, texts: Sequence[str], src_lang: str, tgt_lang: str | Sequence[str], num_beams: int = 1,
@@ -113,6 +128,32 @@ class Translator:
         for (index, _), text in zip(pieces, results):
             joined[index].append(text)
         return [sentence_separator(target).join(parts) for parts, target in zip(joined, targets)]
+
+    def translate_stream(self, items: Iterable[str | tuple[str, str]], src_lang: str, tgt_lang: str | None = None,
+                         block_size: int | None = None, **translate_kwargs) -> Iterator[str]:
+        """Translations of `items`, in input order, as each block is done: a block is what has arrived while the
+        previous one was translated (at least one item, at most `block_size`, default 4 batches), so a source that
+        stays open (a pipe) gets each translation without waiting for the end. An item is a text (to `tgt_lang`) or
+        a (text, target language) pair. `items` is read in a thread of its own; an exception it raises comes out
+        here after the translations of the items before it. `translate_kwargs` go to `translate()`."""
+        rows = max(1, self.model.batch_size // translate_kwargs.get("num_beams", 1))
+        block_size = block_size or 4 * rows
+        if block_size < 1:
+            raise ValueError(f"block_size must be positive, got {block_size}")
+        done = 0
+        for block, error in _arrived_blocks(items, block_size):
+            if block:
+                texts = [i if isinstance(i, str) else i[0] for i in block]
+                targets = [tgt_lang if isinstance(i, str) else i[1] for i in block]
+                if any(t is None for t in targets):
+                    raise ValueError("an item without a target language, and no tgt_lang to default to")
+                try:
+                    yield from self.translate(texts, src_lang, targets, **translate_kwargs)
+                except TextError as e:  # its index in the whole stream, not in the block
+                    raise TextError(done + e.index, e.detail) from None
+                done += len(block)
+            if error is not None:
+                raise error
 
     def _pieces(self, texts, src_lang, split_long) -> list[tuple[int, list[int]]]:
         """Token ids of each non-empty text (or of its sentences, when split); a clear error for a line too long."""
@@ -176,3 +217,40 @@ class Translator:
             args["max_new_tokens"] = max_new - 1
         with torch.no_grad():
             return self._adapter.generate(**args).numpy()
+
+
+_END = object()
+
+
+def _arrived_blocks(items: Iterable, block_size: int) -> Iterator[tuple[list, BaseException | None]]:
+    """(block, error) pairs: the items that have arrived, up to `block_size` (waiting only for the first), read from
+    `items` by a daemon thread; the last pair carries the exception that ended the reading, if any."""
+    arrived: queue.Queue = queue.Queue(maxsize=4 * block_size)   # bounded: reading stays a few blocks ahead
+
+    def read():
+        try:
+            for item in items:
+                arrived.put(item)
+        except BaseException as e:  # handed to the consumer, in order
+            arrived.put(_Failed(e))
+        else:
+            arrived.put(_END)
+
+    threading.Thread(target=read, name="translate_stream-reader", daemon=True).start()
+    while True:
+        block = [arrived.get()]
+        while len(block) < block_size:
+            try:
+                block.append(arrived.get_nowait())
+            except queue.Empty:
+                break
+        tail = block[-1]
+        if tail is _END or isinstance(tail, _Failed):
+            yield block[:-1], tail.error if isinstance(tail, _Failed) else None
+            return
+        yield block, None
+
+
+class _Failed:
+    def __init__(self, error: BaseException):
+        self.error = error
