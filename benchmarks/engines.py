@@ -153,9 +153,11 @@ def run_nllb_neuronx(job: dict, log) -> dict:
     log(f"loaded and uploaded weights in {load_s:.1f} s ({model.runtime.backend}, tp {job['tp']})")
 
     compile_time = [0.0]    # HLO build + serialize + XLA compile (or disk-cache load) of each program fetched
+    fetched = [0]           # programs fetched (compiled or loaded)
 
     def add_compile_time(event):
         compile_time[0] += event.seconds
+        fetched[0] += 1
 
     model.add_program_observer(add_compile_time)
 
@@ -202,10 +204,10 @@ def run_nllb_neuronx(job: dict, log) -> dict:
         model.runtime.clear_cache()
     else:  # TODO: drop once runtime.clear_cache() (being added to hlo/runtime) has landed
         getattr(xla_runtime, "_EXECUTABLES", {}).clear()
-    compile_time[0] = 0.0
+    compile_time[0], fetched[0] = 0.0, 0
     before = model.runtime.compile_count
     run_once()
-    compile_cached_s = compile_time[0]
+    compile_cached_s, programs_loaded = compile_time[0], fetched[0]
     cached_hit = model.runtime.compile_count == before
     log(f"cached compile: {compile_cached_s:.2f} s ({'disk cache hit' if cached_hit else 'recompiled'})")
 
@@ -217,6 +219,7 @@ def run_nllb_neuronx(job: dict, log) -> dict:
         matches_loop = bool((reference[0, 1:] == figures["output_ids"]).all())
     return {**figures, "backend": model.runtime.backend, "amp": job["amp"], "load_s": load_s,
             "compile_s": compile_s, "compile_cached_s": compile_cached_s, "programs_compiled": compiles,
+            "programs_loaded": programs_loaded,
             "compile_cache_hit": cached_hit, "sample_matches_loop": matches_loop,
             "threads": f"xla-cpu: {job['threads']} cores" if model.runtime.backend == "xla-cpu" else None,
             "timing": timing}

@@ -59,11 +59,15 @@ def test_greedy_without_forced_token_and_eos_stops(tiny_checkpoint):
     ref = hf_generate(hf, ids, mask, max_new_tokens=16, num_beams=1, do_sample=False)
     model = load(path, batch_size=2)
     np.testing.assert_array_equal(model.sample(ids, mask, max_new_tokens=16), ref)
-    # a token the model is made to end on: with eos_token_id set to the first greedy token, every row stops at once
+    # tokens the model is made to end on: row 0's first token ends row 0 at once, the others run on as HF's do; with
+    # every row's first token in the EOS list, every row stops at once
     first = ref[:, 1]
+    assert first[0] != first[1]
     out = model.sample(ids, mask, max_new_tokens=16, eos_token_id=int(first[0]))
-    assert out.shape[1] <= ref.shape[1]
-    assert out[0, 1] == first[0] and (out.shape[1] == 2 or (out[0, 2:] == hf.config.pad_token_id).all())
+    np.testing.assert_array_equal(out, hf_generate(hf, ids, mask, max_new_tokens=16, eos_token_id=int(first[0])))
+    assert (out[0, 2:] == hf.config.pad_token_id).all() and (out[1, 2:] != hf.config.pad_token_id).any()
+    out = model.sample(ids, mask, max_new_tokens=16, eos_token_id=first.tolist())
+    np.testing.assert_array_equal(out, ref[:, :2])
 
 
 def test_batches_are_padded_split_and_reassembled(tiny_checkpoint):

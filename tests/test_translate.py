@@ -134,18 +134,38 @@ def test_artifacts_round_trip_compile_nothing(nllb_checkpoint, tmp_path, monkeyp
 
 
 def test_cli_compile_and_concurrent_compiles_leave_a_valid_store(nllb_checkpoint, tmp_path):
+    """Two `compile` processes write one store at the same time (the second starts once the first has written a
+    program and while it still runs); a fresh process then loads the store and compiles nothing."""
+    import time
+
     path, store = nllb_checkpoint[0], tmp_path / "store"
-    args = ["compile", "--model", path, "--out", str(store), "--batch-size", "1", "--n-positions", "8",
+    args = ["compile", "--model", path, "--out", str(store), "--batch-size", "1", "--n-positions", "8,16",
             "--encoder-buckets", "8"]
     env = dict(os.environ, PYTHONPATH=os.getcwd())
-    procs = [subprocess.Popen([sys.executable, "-m", "nllb_neuronx.cli", *args], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE) for _ in range(2)]
-    for p in procs:
+    start = lambda: subprocess.Popen([sys.executable, "-m", "nllb_neuronx.cli", *args], env=env,  # noqa: E731
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = start()
+    deadline = time.monotonic() + 240
+    while not list(store.glob("programs/*.pjrt")) and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert first.poll() is None, "the first compile ended before a second could overlap it"
+    second = start()
+    assert first.poll() is None                      # both running: the writes overlap
+    for p in (first, second):
         out, err = p.communicate(timeout=300)
         assert p.returncode == 0, err.decode()
     info = _cli(["info", "--model", path, "--compiled-dir", str(store)])
-    assert info.returncode == 0 and b"compiled artifacts: 6 programs" in info.stdout
+    assert info.returncode == 0 and b"compiled artifacts: 8 programs" in info.stdout
     assert not [f for f in os.listdir(store / "programs") if f.endswith(".tmp")]
+    reload = ("import sys, numpy as np; from nllb_neuronx import NLLBForSampling; "
+              "m = NLLBForSampling.from_pretrained(sys.argv[1], batch_size=1, n_positions=[8, 16], "
+              "encoder_buckets=[8], compiled_dir=sys.argv[2]).to_neuron(); "
+              "m.sample(np.array([[20, 30, 40, 2]]), max_new_tokens=12, forced_bos_token_id=200, eos_token_id=10**6); "
+              "m.compile_all(); print('compiled', m.runtime.compile_count, 'fetched', len(m.compiled_programs))")
+    loaded = subprocess.run([sys.executable, "-c", reload, path, str(store)], env=env, capture_output=True,
+                            timeout=300)
+    assert loaded.returncode == 0, loaded.stderr.decode()
+    assert loaded.stdout.decode().split() == ["compiled", "0", "fetched", "8"]
 
 
 def test_split_sentences_handles_unspaced_punctuation():
