@@ -1,7 +1,8 @@
 """nllb_neuronx: Meta's NLLB-200 / M2M100 as tensor-parallel, KV-cached HLO programs (Neuron, XLA CPU/GPU)."""
 
 from nllb_neuronx.config import CompileConfig, ModelConfig
-from nllb_neuronx.model import NLLBForSampling, ProgramKey, Sampling
+from nllb_neuronx.model import NLLBForSampling
+from nllb_neuronx.program_key import ProgramKey, Sampling
 
 
 def __getattr__(name):  # these import transformers' generation and tokenizer stacks: load them only when asked for
