@@ -9,8 +9,8 @@ How each engine is timed (the record's `timing` field). In all three the per-tok
 single-token steps: the step that consumes the forced language token (a 2-token prefix call in nllb_neuronx) is
 left out and reported as `first_step_ms`.
 - nllb_neuronx, greedy: a manual loop over the model's own programs: `encode()` (waited for), then
-  `next_tokens(tokens)` per step, each step timed until its token id is on the host. Its encoder_ms includes the cross-attention
-  K/V projections of every decoder layer, which HF and CT2 compute in their first decoder step instead.
+  `next_tokens(tokens)` per step, each step timed until its token id is on the host. Its encoder_ms includes the
+  cross-attention K/V projections of every decoder layer, which HF and CT2 compute in their first decoder step instead.
 - nllb_neuronx, beams > 1: HF `generate()` through `HuggingFaceGenerationModelAdapter`, timed as hf below (the model
   is compiled for rows x beams).
 - hf: `model.get_encoder()` timed on its own for encoder_ms; `generate()` with a LogitsProcessor that timestamps

@@ -15,6 +15,6 @@ def __getattr__(name):  # these import transformers' generation and tokenizer st
     raise AttributeError(f"module 'nllb_neuronx' has no attribute {name!r}")
 
 
-__all__ = ["CompileConfig", "HuggingFaceGenerationModelAdapter", "ModelConfig", "NLLBForSampling", "ProgramKey", "Sampling",
-           "Translator"]
+__all__ = ["CompileConfig", "HuggingFaceGenerationModelAdapter", "ModelConfig", "NLLBForSampling", "ProgramKey",
+           "Sampling", "Translator"]
 __version__ = "0.1.0"

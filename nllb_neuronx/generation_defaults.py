@@ -27,7 +27,7 @@ class GenerationDefaults:
 
     def __post_init__(self):
         if self.max_new_tokens < 1:
-            raise ValueError(f"generation_config.json allows {self.max_new_tokens} new tokens; it must allow at least 1")
+            raise ValueError(f"generation_config.json allows {self.max_new_tokens} new tokens; at least 1 is needed")
         if not self.eos_token_ids:
             raise ValueError("generation_config.json: eos_token_id must name at least one token")
 

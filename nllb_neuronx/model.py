@@ -321,7 +321,8 @@ class NLLBForSampling:
             raise ValueError(f"reorder indices must lie in [0, {source.rows}), got {index.tolist()}")
         full = np.arange(self.batch_size, dtype=np.int32)  # rows past the used ones keep themselves
         full[: index.size] = index
-        program = self._program(ProgramKey("reorder", source.source_len), lambda: build_reorder(self.shapes, source.source_len))
+        program = self._program(ProgramKey("reorder", source.source_len),
+                                lambda: build_reorder(self.shapes, source.source_len))
         out = self._run(program, index=full, cross_k=source.cross_k, cross_v=source.cross_v, **self._caches)
         self._caches = {"cache_k": out["cache_k"], "cache_v": out["cache_v"]}
         source.cross_k, source.cross_v = out["cross_k"], out["cross_v"]
