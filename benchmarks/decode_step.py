@@ -45,9 +45,9 @@ def main(argv=None) -> int:
         times = []
         for _ in range(steps):
             start = time.perf_counter()
-            token = model._decode(feed, "greedy")["next_token"].numpy(0)[: args.batch_size]
+            token = model.next_tokens(feed)
             times.append(time.perf_counter() - start)
-            feed = token[:, None].astype(np.int64)
+            feed = token[:, None]
         return times[1:]  # the first call consumed the 2-token prefix
 
     run(3)

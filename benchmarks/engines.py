@@ -8,9 +8,9 @@ each single-token decode step, and the end-to-end time; `summarize` turns repeat
 How each engine is timed (the record's `timing` field). In all three the per-token figures cover the same N - 2
 single-token steps: the step that consumes the forced language token (a 2-token prefix call in nllb_neuronx) is
 left out and reported as `first_step_ms`.
-- nllb_neuronx, greedy: a manual loop over the model's own programs: `encode()` (waited for), then `_decode(tokens,
-  "greedy")` per step, each step timed until its token id is on the host. Its encoder_ms includes the cross-attention
-  K/V projections of every decoder layer, which HF and CT2 compute in their first decoder step instead.
+- nllb_neuronx, greedy: a manual loop over the model's own programs: `encode()` (waited for), then
+  `next_tokens(tokens)` per step, each step timed until its token id is on the host. Its encoder_ms includes the
+  cross-attention K/V projections of every decoder layer, which HF and CT2 compute in their first decoder step instead.
 - nllb_neuronx, beams > 1: HF `generate()` through `HuggingFaceGenerationModelAdapter`, timed as hf below (the model
   is compiled for rows x beams).
 - hf: `model.get_encoder()` timed on its own for encoder_ms; `generate()` with a LogitsProcessor that timestamps
@@ -152,38 +152,25 @@ def run_nllb_neuronx(job: dict, log) -> dict:
     load_s = time.perf_counter() - t
     log(f"loaded and uploaded weights in {load_s:.1f} s ({model.runtime.backend}, tp {job['tp']})")
 
-    compile_time = [0.0]
-    program = model._program
+    compile_time = [0.0]    # HLO build + serialize + XLA compile (or disk-cache load) of each program fetched
+    fetched = [0]           # programs fetched (compiled or loaded)
 
-    def timed_program(key, build):            # HLO build + serialize + XLA compile (or disk-cache load)
-        if key in model._programs:
-            return program(key, build)
-        t0 = time.perf_counter()
-        try:
-            return program(key, build)
-        finally:
-            compile_time[0] += time.perf_counter() - t0
+    def add_compile_time(event):
+        compile_time[0] += event.seconds
+        fetched[0] += 1
 
-    model._program = timed_program
-
-    def sync_source():
-        s = model._source
-        for tensor in (s.cross_k, s.cross_v, s.encoder_hidden_states):
-            if hasattr(tensor.array, "block_until_ready"):
-                tensor.array.block_until_ready()
-            else:
-                tensor.numpy(0)
+    model.add_program_observer(add_compile_time)
 
     def greedy_once() -> dict:
         t0 = time.perf_counter()
         model.encode(ids, mask)
-        sync_source()
+        model.wait()
         t1 = time.perf_counter()
         feed = np.tile(np.asarray([start_id, lang], np.int64), (bench.rows, 1))
         out, steps = [np.full(bench.rows, lang)], []
         for _ in range(bench.new_tokens - 1):
             ts = time.perf_counter()
-            token = model._decode(feed, "greedy")["next_token"].numpy(0)[: bench.rows].astype(np.int64)
+            token = model.next_tokens(feed)
             steps.append((time.perf_counter() - ts) * 1e3)
             out.append(token)
             feed = token[:, None]
@@ -194,7 +181,7 @@ def run_nllb_neuronx(job: dict, log) -> dict:
     if beams == 1:
         run_once = greedy_once
         timing = ("manual loop: encode() + block_until_ready (encoder_ms includes every decoder layer's "
-                  "cross-attention K/V projection); per step _decode(tokens, 'greedy') until the token id is on the "
+                  "cross-attention K/V projection); per step next_tokens(tokens) until the token id is on the "
                   "host; p50/p90 over single-token steps (the 2-token prefix step excluded)")
     else:
         from transformers import AutoConfig
@@ -212,12 +199,15 @@ def run_nllb_neuronx(job: dict, log) -> dict:
     log(f"cold compile: {compiles} programs in {compile_s:.1f} s")
 
     # the same programs again from the on-disk executable cache: forget them in this process, then load
-    model._programs.clear()
-    getattr(xla_runtime, "_EXECUTABLES", {}).clear()
-    compile_time[0] = 0.0
+    model.forget_programs()
+    if hasattr(model.runtime, "clear_cache"):
+        model.runtime.clear_cache()
+    else:  # TODO: drop once runtime.clear_cache() (being added to hlo/runtime) has landed
+        getattr(xla_runtime, "_EXECUTABLES", {}).clear()
+    compile_time[0], fetched[0] = 0.0, 0
     before = model.runtime.compile_count
     run_once()
-    compile_cached_s = compile_time[0]
+    compile_cached_s, programs_loaded = compile_time[0], fetched[0]
     cached_hit = model.runtime.compile_count == before
     log(f"cached compile: {compile_cached_s:.2f} s ({'disk cache hit' if cached_hit else 'recompiled'})")
 
@@ -229,6 +219,7 @@ def run_nllb_neuronx(job: dict, log) -> dict:
         matches_loop = bool((reference[0, 1:] == figures["output_ids"]).all())
     return {**figures, "backend": model.runtime.backend, "amp": job["amp"], "load_s": load_s,
             "compile_s": compile_s, "compile_cached_s": compile_cached_s, "programs_compiled": compiles,
+            "programs_loaded": programs_loaded,
             "compile_cache_hit": cached_hit, "sample_matches_loop": matches_loop,
             "threads": f"xla-cpu: {job['threads']} cores" if model.runtime.backend == "xla-cpu" else None,
             "timing": timing}

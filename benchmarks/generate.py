@@ -214,7 +214,6 @@ def main(argv=None) -> int:
     ready = (args.model or shapes.checkpoint_ready(checkpoint)) and all(
         (shapes.ct2_dir(checkpoint, q, cache_root) / "model.bin").exists() for q in quantizations)
     runner = Runner(args, (not ready) + len(settings))
-    ct2_dirs = {q: str(shapes.ct2_dir(checkpoint, q, cache_root)) for q in quantizations}
     convert_s = dict.fromkeys(quantizations)
     if not ready:  # in a process of its own: making the weights and converting hold the whole torch model
         done = runner.run("prepare", {"shape": None if args.model else args.shape, "checkpoint": str(checkpoint),
@@ -228,6 +227,9 @@ def main(argv=None) -> int:
             if "error" in made:
                 skips[f"ct2-{q}"] = f"CT2 conversion failed: {made['error']}"
             convert_s[q] = made["seconds"] if made.get("created") else None
+    # named only now: a CT2 directory's name hashes the checkpoint's config.json, which a fresh machine has only
+    # after the prepare step made the random weights
+    ct2_dirs = {q: str(shapes.ct2_dir(checkpoint, q, cache_root)) for q in quantizations}
     checkpoint = str(checkpoint)
     config = shapes.read_config(checkpoint)
     lang_id = args.lang_id if args.lang_id is not None else (

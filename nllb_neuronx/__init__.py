@@ -2,6 +2,7 @@
 
 from nllb_neuronx.config import CompileConfig, ModelConfig
 from nllb_neuronx.model import NLLBForSampling
+from nllb_neuronx.program_key import ProgramKey, Sampling
 
 
 def __getattr__(name):  # these import transformers' generation and tokenizer stacks: load them only when asked for
@@ -14,5 +15,6 @@ def __getattr__(name):  # these import transformers' generation and tokenizer st
     raise AttributeError(f"module 'nllb_neuronx' has no attribute {name!r}")
 
 
-__all__ = ["CompileConfig", "HuggingFaceGenerationModelAdapter", "ModelConfig", "NLLBForSampling", "Translator"]
+__all__ = ["CompileConfig", "HuggingFaceGenerationModelAdapter", "ModelConfig", "NLLBForSampling", "ProgramKey",
+           "Sampling", "Translator"]
 __version__ = "0.1.0"

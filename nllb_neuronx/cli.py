@@ -1,19 +1,24 @@
 """The `nllb-neuronx` command line.
 
     nllb-neuronx translate --model DIR --src eng_Latn --tgt fra_Latn [-i FILE] [-o FILE] [--beams N] [--tp N]
+    nllb-neuronx translate --model DIR --src eng_Latn --input-format jsonl < rows.jsonl   # {"text", "tgt_lang"}
     nllb-neuronx compile --model DIR --out ARTIFACTS [shape options]
     nllb-neuronx export-hlo --model DIR --out DIR [shape options]
     nllb-neuronx info [--model DIR]
     nllb-neuronx demo [--tp N]
 
 Exit codes: 0 success; 1 a failed check (demo, export-hlo's Neuron check); 2 bad usage or input (unknown language,
-invalid UTF-8, a line too long, a missing model), with the reason on stderr.
+invalid UTF-8, a line too long, malformed JSON, a bad number, a missing model), with the reason on stderr.
+`translate` checks its options and language codes before it loads any weight, and writes each block's translations
+as soon as they are done.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from typing import Iterator
 
 EXIT_OK, EXIT_FAILED, EXIT_INPUT = 0, 1, 2
 
@@ -47,47 +52,117 @@ def _model_kwargs(args) -> dict:
                 compiled_dir=args.compiled_dir)
 
 
-def _read_lines(stream) -> list[str]:
-    """Lines of a binary stream as text; invalid UTF-8 is an input error naming the line."""
-    lines = []
+def _lines(stream) -> Iterator[tuple[int, str]]:
+    """(line number, text) of a binary stream, as each line arrives; invalid UTF-8 is an input error naming it."""
     for number, raw in enumerate(stream, start=1):
         try:
-            lines.append(raw.decode("utf-8").rstrip("\r\n"))
+            yield number, raw.decode("utf-8").rstrip("\r\n")
         except UnicodeDecodeError as e:
             raise InputError(f"line {number} is not valid UTF-8 ({e.reason} at byte {e.start})") from None
-    return lines
+
+
+def _jsonl_item(number: int, line: str, default_tgt: str | None, languages) -> tuple[dict | None, tuple[str, str]]:
+    """One jsonl input line: the object and its (text, target language); an empty line stays an empty line (its
+    target is any known code: nothing is translated)."""
+    if not line.strip():
+        return None, ("", default_tgt or languages.codes[0])
+    try:
+        obj = json.loads(line)
+    except ValueError as e:
+        raise InputError(f"line {number} is not valid JSON: {e}") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+        raise InputError(f"line {number}: expected an object with a string field \"text\", got {line[:80]!r}")
+    tgt = obj.get("tgt_lang", default_tgt)
+    if not isinstance(tgt, str):
+        raise InputError(f"line {number}: no \"tgt_lang\" (a language code string) and no --tgt to default to")
+    try:
+        languages.id(tgt)
+    except ValueError as e:
+        raise InputError(f"line {number}: {e}") from None
+    return obj, (obj["text"], tgt)
+
+
+def _check_numbers(args) -> None:
+    """Every number and bucket list, before anything loads: exit 2 with the reason, never a traceback."""
+    from nllb_neuronx.config import CompileConfig
+
+    for name, value in (("--beams", args.beams), ("--batch-size", args.batch_size), ("--tp", args.tp)):
+        if value < 1:
+            raise InputError(f"{name} must be a positive integer, got {value}")
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        raise InputError(f"--max-new-tokens must be a positive integer, got {args.max_new_tokens}")
+    try:
+        config = CompileConfig(**_model_kwargs(args))
+    except ValueError as e:
+        raise InputError(str(e).replace("n_positions", "--n-positions").replace("encoder_buckets",
+                                                                                "--encoder-buckets")) from None
+    if args.beams > args.batch_size:
+        raise InputError(f"--beams {args.beams} exceeds --batch-size {args.batch_size}: rows x beams must fit a batch")
+    if args.max_new_tokens is not None and args.max_new_tokens > config.max_target_length:
+        raise InputError(f"--max-new-tokens {args.max_new_tokens} exceeds the largest --n-positions bucket "
+                         f"{config.max_target_length}")
 
 
 def _translate(args) -> int:
     from tqdm import tqdm
 
-    from nllb_neuronx.translator import TextError, Translator
+    from nllb_neuronx.translator import LanguageCodes, TextError, Translator
 
+    _check_numbers(args)
+    if args.input_format == "text" and not args.tgt:
+        raise InputError("--tgt is required (with --input-format jsonl, each line may name its own tgt_lang)")
+    tokenizer = _load_tokenizer(args.model)  # language codes come from the tokenizer: checked before any weight
+    languages = LanguageCodes(tokenizer)
+    for code in (args.src, args.tgt):
+        if code is not None:
+            languages.id(code)
     source = open(args.input, "rb") if args.input else sys.stdin.buffer
-    with source:
-        lines = _read_lines(source)
-    translator = Translator.from_pretrained(args.model, **_model_kwargs(args))
-    kwargs = dict(num_beams=args.beams, split_long=args.split_long,
-                  max_new_tokens=args.max_new_tokens)
-    translator.language_id(args.src), translator.language_id(args.tgt)
+    translator = Translator.from_pretrained(args.model, tokenizer=tokenizer, **_model_kwargs(args))
+    objects: list = []   # jsonl: each line's object, in order, for its output line
+
+    def items():
+        for number, line in _lines(source):
+            if args.input_format == "jsonl":
+                obj, item = _jsonl_item(number, line, args.tgt, languages)
+                objects.append(obj)
+                yield item
+            else:
+                yield line
+
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
-    block = max(1, args.batch_size // args.beams) * 4  # stream: translate and write a few batches at a time
-    progress = tqdm(total=len(lines), unit="line", disable=not sys.stderr.isatty(), file=sys.stderr)
+    progress = tqdm(unit="line", disable=not sys.stderr.isatty(), file=sys.stderr)
+    stream = translator.translate_stream(items(), args.src, args.tgt, num_beams=args.beams,
+                                         split_long=args.split_long, max_new_tokens=args.max_new_tokens)
     try:
-        for start in range(0, len(lines), block):
-            chunk = lines[start: start + block]
-            try:
-                done = translator.translate(chunk, args.src, args.tgt, **kwargs)
-            except TextError as e:  # name the line in the whole input, not in the block
-                raise InputError(f"line {start + e.index + 1} {e.detail}") from None
-            out.write("".join(t + "\n" for t in done))
+        for index, translation in enumerate(stream):
+            if args.input_format == "jsonl":
+                obj = objects[index]
+                translation = "" if obj is None else json.dumps({**obj, "translation": translation},
+                                                                ensure_ascii=False)
+            out.write(translation + "\n")
             out.flush()
-            progress.update(len(chunk))
+            progress.update(1)
+    except TextError as e:  # name the line in the whole input
+        raise InputError(f"line {e.index + 1} {e.detail}") from None
     finally:
         progress.close()
+        source.close()
         if out is not sys.stdout:
             out.close()
     return EXIT_OK
+
+
+def _load_tokenizer(path):
+    from transformers import AutoTokenizer
+
+    from nllb_neuronx.weights import resolve_path
+
+    directory = resolve_path(path)
+    try:
+        return AutoTokenizer.from_pretrained(str(directory))
+    except (OSError, ValueError, TypeError) as e:
+        raise InputError(f"could not load a tokenizer from {directory} (translate needs the checkpoint's "
+                         f"tokenizer files): {e}") from None
 
 
 def _compile(args) -> int:
@@ -163,12 +238,16 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("translate", help="translate lines of text, one output line per input line")
     _shape_options(tr)
     tr.add_argument("--src", required=True, help="source language code, e.g. eng_Latn")
-    tr.add_argument("--tgt", required=True, help="target language code, e.g. fra_Latn")
+    tr.add_argument("--tgt", default=None,
+                    help="target language code, e.g. fra_Latn (jsonl: the default for lines without tgt_lang)")
     tr.add_argument("-i", "--input", help="input file (default: stdin)")
     tr.add_argument("-o", "--output", help="output file (default: stdout)")
     tr.add_argument("--beams", type=int, default=1)
     tr.add_argument("--max-new-tokens", type=int, default=None)
     tr.add_argument("--split-long", action="store_true", help="split lines too long for the encoder into sentences")
+    tr.add_argument("--input-format", choices=["text", "jsonl"], default="text",
+                    help='jsonl: {"text": ..., "tgt_lang": ...} per line; each output line is the object with '
+                         '"translation" added')
     co = sub.add_parser("compile", help="compile every program for every bucket and save them")
     _shape_options(co)
     co.add_argument("--out", required=True, help="artifacts directory")

@@ -60,6 +60,12 @@ class HuggingFaceGenerationModelAdapter(PreTrainedModel, GenerationMixin):
     def device(self) -> torch.device:
         return torch.device("cpu")
 
+    def generate(self, *args, **kwargs):
+        """HF generate(), holding the model's lock for the whole call: its encode, decode steps and reorders share
+        the device state, so concurrent callers are served one whole call at a time."""
+        with self.neuron.exclusive():
+            return super().generate(*args, **kwargs)
+
     def get_encoder(self, *args, **kwargs):
         return self.encoder
 
@@ -71,7 +77,7 @@ class HuggingFaceGenerationModelAdapter(PreTrainedModel, GenerationMixin):
             raise ValueError("decoder_input_ids are required: the adapter runs cached decoding for generate()")
         neuron = self.neuron
         rows = decoder_input_ids.shape[0]
-        source_rows = neuron._require_source().rows
+        source_rows = neuron.source_rows
         if rows != source_rows:  # generate() expanded rows into beams or return sequences: repeat_interleave order
             if rows % source_rows or neuron.position:
                 raise ValueError(f"decoder batch of {rows} rows does not match the {source_rows} encoded rows")

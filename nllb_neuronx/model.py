@@ -10,10 +10,14 @@ for the last new token of each row, repeatedly; `reset()` forgets the target sid
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
+import threading
+import time
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -25,6 +29,8 @@ from nllb_neuronx.backend import select_backend
 from nllb_neuronx.config import CompileConfig, ModelConfig
 from nllb_neuronx.decoder import build_decoder
 from nllb_neuronx.encoder import build_encoder
+from nllb_neuronx.generation_defaults import GenerationDefaults
+from nllb_neuronx.program_key import ProgramEvent, ProgramKey, Sampling
 from nllb_neuronx.program_spec import ProgramShapes
 from nllb_neuronx.reorder import build_reorder
 from nllb_neuronx.weights import Checkpoint, read_config, resolve_path
@@ -45,16 +51,43 @@ class _Source:
     row_map: np.ndarray                     # current row i holds encoded row row_map[i] (after reorders)
 
 
+def _exclusive(method):
+    """Run a public method holding the model's lock: concurrent callers are served one whole call at a time. A call
+    that fails (or is interrupted) after a program consumed the device state leaves no dead buffers behind."""
+
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._lock:
+            try:
+                return method(self, *args, **kwargs)
+            except BaseException:
+                self._recover(drop_source=method.__name__ == "sample")
+                raise
+
+    return locked
+
+
 class NLLBForSampling:
+    """Thread-safe: every public call that touches the device holds one re-entrant lock, so concurrent callers are
+    served one whole call at a time; `exclusive()` holds it across several calls (the HF adapter's generate())."""
+
     def __init__(self, checkpoint: Checkpoint, model: ModelConfig, compile_config: CompileConfig):
         self.checkpoint, self.config, self.compile_config = checkpoint, model, compile_config
         self.shapes = ProgramShapes(model, compile_config)
+        self.generation_defaults = GenerationDefaults.read(checkpoint.path, model)  # generation_config.json
         self.runtime = None
         self._weights: dict[str, object] = {}
-        self._programs: dict[tuple, object] = {}
+        self._programs: dict[ProgramKey, object] = {}
+        self._program_observers: list[Callable[[ProgramEvent], None]] = []
         self._source: _Source | None = None
         self._caches: dict[str, object] = {}
         self._position = 0
+        self._lock = threading.RLock()
+
+    def exclusive(self) -> threading.RLock:
+        """The model's lock, to hold across several calls that belong together (encode, decode steps, reorders):
+        `with model.exclusive(): ...`. Every public call takes it too; it is re-entrant."""
+        return self._lock
 
     # ------------------------------------------------------------------------------------------------ loading
     @classmethod
@@ -86,6 +119,7 @@ class NLLBForSampling:
     def batch_size(self) -> int:
         return self.compile_config.batch_size
 
+    @_exclusive
     def to_neuron(self) -> "NLLBForSampling":
         """Start the runtime and upload the weights (streamed one tensor at a time, sharded per rank)."""
         backend = select_backend(self.compile_config.backend, self.tp_degree)
@@ -113,26 +147,50 @@ class NLLBForSampling:
         return self
 
     # ----------------------------------------------------------------------------------------------- programs
-    def _program(self, key: tuple, build):
+    def _program(self, key: ProgramKey, build):
         if key not in self._programs:
+            start = time.perf_counter()
             self._programs[key] = self.runtime.compile(build())
+            self._notify(key, time.perf_counter() - start)
         return self._programs[key]
 
-    def program_builders(self) -> dict[tuple, object]:
-        """Every program this model's shape can run: key -> builder. Prefixes of 1 and 2 tokens (decoder start,
-        then the language code) are the ones generation uses."""
+    def _notify(self, key: ProgramKey, seconds: float) -> None:
+        for callback in self._program_observers:
+            callback(ProgramEvent(key, seconds))
+
+    def add_program_observer(self, callback: Callable[[ProgramEvent], None]) -> None:
+        """Call `callback(ProgramEvent)` for every program this model fetches for the first time (a compile or a
+        load from the runtime's caches), e.g. to time compiles."""
+        self._program_observers.append(callback)
+
+    @property
+    def compiled_programs(self) -> list[ProgramKey]:
+        """The programs this model has fetched so far (compiled or loaded), in the order it fetched them."""
+        return list(self._programs)
+
+    @_exclusive
+    def forget_programs(self) -> None:
+        """Drop this model's handles on its programs: the next calls fetch them again from the runtime's caches."""
+        self._programs.clear()
+
+    def program_builders(self) -> dict[ProgramKey, object]:
+        """Every program generation can run with this model's shape: key -> builder. One new token per step in
+        every target bucket; the two-token prefix (decoder start, then the language code) only at position 0, so
+        only in the target bucket that holds 2 positions."""
         c, shapes = self.compile_config, self.shapes
+        prefix_bucket = next((t for t in c.n_positions if t >= 2), None)
         builders = {}
         for s in c.encoder_buckets:
-            builders[("encoder", s)] = lambda s=s: build_encoder(shapes, s)
-            builders[("reorder", s)] = lambda s=s: build_reorder(shapes, s)
+            builders[ProgramKey("encoder", s)] = lambda s=s: build_encoder(shapes, s)
+            builders[ProgramKey("reorder", s)] = lambda s=s: build_reorder(shapes, s)
             for t in c.n_positions:
-                for new in (1, 2):
+                for new in (1, 2) if t == prefix_bucket else (1,):
                     for head in ("greedy", "logits", "sample"):
-                        builders[("decoder", head, new, t, s)] = \
+                        builders[ProgramKey("decoder", s, head, new, t)] = \
                             lambda h=head, n=new, t=t, s=s: build_decoder(shapes, n, t, s, h)
         return builders
 
+    @_exclusive
     def compile_all(self, workers: int | None = None) -> int:
         """Compile every program ahead of time, several at once; returns how many the runtime really compiled."""
         from concurrent.futures import ThreadPoolExecutor
@@ -140,11 +198,18 @@ class NLLBForSampling:
         self._require_runtime()
         before = self.runtime.compile_count
         builders = {k: b for k, b in self.program_builders().items() if k not in self._programs}
+
+        def fetch(item):
+            start = time.perf_counter()
+            return item[0], self.runtime.compile(item[1]()), time.perf_counter() - start
+
         with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-            compiled = pool.map(lambda item: (item[0], self.runtime.compile(item[1]())), builders.items())
-            self._programs.update(dict(compiled))
+            for key, program, seconds in pool.map(fetch, builders.items()):
+                self._programs[key] = program
+                self._notify(key, seconds)
         return self.runtime.compile_count - before
 
+    @_exclusive
     def save(self, directory: str) -> None:
         """Compile every program (those not compiled yet) and store them with a manifest in `directory`."""
         from pathlib import Path
@@ -171,19 +236,33 @@ class NLLBForSampling:
                 if name != hlo.RANK_PARAM}  # the runtime feeds the rank
         return program.run(feed)
 
+    def _recover(self, drop_source: bool) -> None:
+        """After a failed call: where a program consumed (donated) a cache or the cross-attention K/V and its result
+        never arrived, forget the target and source state, so the next encode() or sample() starts from fresh
+        caches. `drop_source`: forget the encoded batch anyway (a half-finished sample())."""
+        state = list(self._caches.values()) + ([self._source.cross_k, self._source.cross_v] if self._source else [])
+        lost = any(t.deleted for t in state)
+        if lost:
+            log.warning("a call failed after the device consumed its caches; they are recreated on the next call")
+            self._caches = {}
+        if lost or drop_source:
+            self._source, self._position = None, 0
+
     def _require_runtime(self):
         if self.runtime is None:
             raise RuntimeError("call model.to_neuron() first: it starts the runtime and uploads the weights")
 
     # -------------------------------------------------------------------------------------------- low-level API
+    @_exclusive
     def reset(self) -> None:
         """Forget the target side: the next decode_step starts at position 0 (the source stays encoded)."""
         self._require_runtime()
-        if not self._caches:
+        if not self._caches or any(t.deleted for t in self._caches.values()):
             zeros = np.zeros(self.shapes.cache_shape().dims, self.shapes.dtype.numpy)
             self._caches = {"cache_k": self.runtime.put(zeros), "cache_v": self.runtime.put(zeros)}
         self._position = 0
 
+    @_exclusive
     def encode(self, input_ids, attention_mask=None) -> None:
         """Encode a batch of at most `batch_size` rows; resets the target side."""
         self._require_runtime()
@@ -197,12 +276,13 @@ class NLLBForSampling:
         ids_b = np.full((self.batch_size, source_len), self.config.pad_token_id, np.int32)
         mask_b = np.zeros((self.batch_size, source_len), np.int32)
         ids_b[:rows, :length], mask_b[:rows, :length] = ids[:, :length], mask[:, :length]
-        program = self._program(("encoder", source_len), lambda: build_encoder(self.shapes, source_len))
+        program = self._program(ProgramKey("encoder", source_len), lambda: build_encoder(self.shapes, source_len))
         out = self._run(program, input_ids=ids_b, attention_mask=mask_b)
         self._source = _Source(rows, source_len, mask_b, out["cross_k"], out["cross_v"],
                                out["encoder_hidden_states"], np.arange(rows))
         self.reset()
 
+    @_exclusive
     def encoder_hidden_states(self) -> np.ndarray:
         """The last encoded batch's final encoder states [rows, S_bucket, H] (for checks and debugging)."""
         source = self._require_source()
@@ -213,6 +293,28 @@ class NLLBForSampling:
             raise RuntimeError("call encode() (or sample()) first")
         return self._source
 
+    @property
+    def source_rows(self) -> int:
+        """Rows of the encoded batch (after reorders: rows x beams, say)."""
+        return self._require_source().rows
+
+    @property
+    def source_length(self) -> int:
+        """The encoder bucket the encoded batch was padded to."""
+        return self._require_source().source_len
+
+    @_exclusive
+    def wait(self) -> None:
+        """Block until the device has finished the work queued so far (programs run asynchronously): for timings."""
+        source = self._source
+        tensors = list(self._caches.values()) + (
+            [source.cross_k, source.cross_v, source.encoder_hidden_states] if source else [])
+        for tensor in tensors:
+            # TODO: DeviceTensor.wait() once hlo.runtime has it; jax arrays block here, others are read back
+            block = getattr(tensor.array, "block_until_ready", None)
+            block() if block else tensor.numpy(0)
+
+    @_exclusive
     def reorder(self, indices) -> None:
         """Make row i of the batch a copy of current row `indices[i]`, on the device: the self-attention cache, the
         cross-attention K/V and the source mask. Beam search reorders beams with it; it also grows a batch of rows
@@ -226,7 +328,8 @@ class NLLBForSampling:
             raise ValueError(f"reorder indices must lie in [0, {source.rows}), got {index.tolist()}")
         full = np.arange(self.batch_size, dtype=np.int32)  # rows past the used ones keep themselves
         full[: index.size] = index
-        program = self._program(("reorder", source.source_len), lambda: build_reorder(self.shapes, source.source_len))
+        program = self._program(ProgramKey("reorder", source.source_len),
+                                lambda: build_reorder(self.shapes, source.source_len))
         out = self._run(program, index=full, cross_k=source.cross_k, cross_v=source.cross_v, **self._caches)
         self._caches = {"cache_k": out["cache_k"], "cache_v": out["cache_v"]}
         source.cross_k, source.cross_v = out["cross_k"], out["cross_v"]
@@ -239,6 +342,7 @@ class NLLBForSampling:
         """Target tokens already in the cache."""
         return self._position
 
+    @_exclusive
     def decode_step(self, token_ids) -> np.ndarray:
         """Feed one new token per row ([rows] or [rows, 1]), or a known prefix ([rows, P]); returns the logits of
         the last fed token of each row, float32 [rows, vocab_size]."""
@@ -263,7 +367,7 @@ class NLLBForSampling:
         bucket = self.compile_config.decoder_bucket(end)
         padded = np.full((self.batch_size, new), self.config.pad_token_id, np.int32)
         padded[: source.rows] = tokens
-        key = ("decoder", head, new, bucket, source.source_len)
+        key = ProgramKey("decoder", source.source_len, head, new, bucket)
         program = self._program(key, lambda: build_decoder(self.shapes, new, bucket, source.source_len, head))
         out = self._run(program, input_ids=padded, start=np.full(self.batch_size, self._position, np.int32),
                         active=(np.arange(self.batch_size) < source.rows).astype(np.int32),
@@ -274,8 +378,9 @@ class NLLBForSampling:
         return out
 
     # ---------------------------------------------------------------------------------------------- sampling
-    def sample(self, input_ids, attention_mask=None, max_new_tokens: int = 64, forced_bos_token_id=None,
-               decoder_start_token_id: int | None = None, eos_token_id: int | None = None, do_sample: bool = False,
+    @_exclusive
+    def sample(self, input_ids, attention_mask=None, max_new_tokens: int | None = None, forced_bos_token_id=None,
+               decoder_start_token_id: int | None = None, eos_token_id=None, do_sample: bool = False,
                temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None) -> np.ndarray:
         """Generation laid out as HF `generate()`: decoder start, then the generated tokens (the forced language
         token first when given), rows that end early padded with pad_token_id. `forced_bos_token_id` is one id or one
@@ -283,22 +388,20 @@ class NLLBForSampling:
         token on the device from softmax(logits / temperature) within the `top_k` most likely tokens and the
         `top_p` nucleus, from a generator seeded with `seed`. Draws are among the `max_top_k` (K, a compile-time
         cap, default 256) most likely tokens: `top_k=0` means those K, `top_k > K` is an error. Only token ids come
-        back to the host. Batches larger than `batch_size` are split and reassembled; decoding stops when every row
-        has produced EOS."""
-        if do_sample:
-            if not temperature > 0:
-                raise ValueError(f"temperature must be positive, got {temperature}")
-            if not 0 < top_p <= 1:
-                raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
-            if top_k < 0:
-                raise ValueError(f"top_k must be 0 (the max_top_k most likely) or positive, got {top_k}")
-            if top_k > self.compile_config.max_top_k:
-                raise ValueError(f"top_k={top_k} exceeds max_top_k={self.compile_config.max_top_k}, the most tokens "
-                                 f"sampling draws among; load the model with max_top_k={top_k} or more")
-        sampling = dict(temperature=temperature, top_k=top_k, top_p=top_p,
-                        rng=np.random.default_rng(seed)) if do_sample else None
+        back to the host. Batches larger than `batch_size` are split and reassembled; a row stops at any of the EOS
+        ids (`eos_token_id`: one or a list), decoding when every row has stopped. Arguments left None come from the
+        checkpoint's generation_config.json as HF reads it (`self.generation_defaults`): max_new_tokens from
+        max_new_tokens or max_length - 1 (capped at the largest decoder bucket), eos_token_id, forced_bos_token_id,
+        decoder_start_token_id and pad_token_id."""
+        sampling = Sampling(temperature, top_k, top_p, seed) if do_sample else None
+        if do_sample and top_k > self.compile_config.max_top_k:
+            raise ValueError(f"top_k={top_k} exceeds max_top_k={self.compile_config.max_top_k}, the most tokens "
+                             f"sampling draws among; load the model with max_top_k={top_k} or more")
         self._require_runtime()
         ids, mask = _as_batch(input_ids, attention_mask, self.config.pad_token_id)
+        defaults = self.generation_defaults
+        if max_new_tokens is None:
+            max_new_tokens = min(defaults.max_new_tokens, self.compile_config.max_target_length)
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
         if max_new_tokens > self.compile_config.max_target_length:
@@ -306,42 +409,54 @@ class NLLBForSampling:
                 f"max_new_tokens={max_new_tokens} exceeds the largest decoder bucket "
                 f"{self.compile_config.max_target_length} (n_positions={list(self.compile_config.n_positions)}); "
                 "compile with a larger n_positions bucket")
-        start = self.config.decoder_start_token_id if decoder_start_token_id is None else decoder_start_token_id
-        eos = self.config.eos_token_id if eos_token_id is None else eos_token_id
+        start = defaults.decoder_start_token_id if decoder_start_token_id is None else int(decoder_start_token_id)
+        eos = np.asarray(defaults.eos_token_ids if eos_token_id is None else eos_token_id, np.int64).reshape(-1)
+        forced_bos_token_id = defaults.forced_bos_token_id if forced_bos_token_id is None else forced_bos_token_id
         forced = None if forced_bos_token_id is None else _one_per_row(forced_bos_token_id, ids.shape[0])
         chunks = [self._sample_chunk(ids[i: i + self.batch_size], mask[i: i + self.batch_size], max_new_tokens,
                                      None if forced is None else forced[i: i + self.batch_size], start, eos,
                                      sampling)
                   for i in range(0, ids.shape[0], self.batch_size)]
         width = max(c.shape[1] for c in chunks)
-        out = np.full((ids.shape[0], width), self.config.pad_token_id, np.int64)
+        out = np.full((ids.shape[0], width), defaults.pad_token_id, np.int64)
         row = 0
         for c in chunks:
             out[row: row + c.shape[0], : c.shape[1]] = c
             row += c.shape[0]
         return out
 
-    def _next_tokens(self, feed: np.ndarray, sampling: dict | None) -> np.ndarray:
-        """The next token of each used row, chosen on the device (greedy, or drawn when `sampling` is given)."""
+    @_exclusive
+    def next_tokens(self, token_ids, sampling: Sampling | None = None) -> np.ndarray:
+        """Feed tokens as `decode_step` does and return the next token of each row, int64 [rows], chosen on the
+        device (greedy, or drawn as `sampling` says): only token ids come back to the host."""
         if sampling is None:
-            out = self._decode(feed, "greedy")
+            out = self._decode(token_ids, "greedy")
         else:
-            out = self._decode(feed, "sample", temperature=np.float32(sampling["temperature"]),
-                               top_k=np.int32(sampling["top_k"]), top_p=np.float32(sampling["top_p"]),
-                               uniform=sampling["rng"].random(self.batch_size, dtype=np.float32))
-        return out["next_token"].numpy(0)[: feed.shape[0]].astype(np.int64)
+            out = self._decode(token_ids, "sample", temperature=np.float32(sampling.temperature),
+                               top_k=np.int32(sampling.top_k), top_p=np.float32(sampling.top_p),
+                               uniform=sampling.rng.random(self.batch_size, dtype=np.float32))
+        tokens = out["next_token"].numpy(0)[: self._source.rows].astype(np.int64)
+        bad = np.nonzero((tokens < 0) | (tokens >= self.config.vocab_size))[0]
+        if bad.size:  # the heads return -1 for a row whose logits hold NaN (older heads: a large id)
+            raise FloatingPointError(
+                f"the model produced NaN logits at step {self._position} (target position {self._position - 1}) "
+                f"in rows {bad.tolist()}: the token-choice head returned ids {tokens[bad].tolist()}, outside the "
+                f"vocabulary [0, {self.config.vocab_size}). With amp={self.compile_config.amp!r}: "
+                + ("f16 overflows: use amp='bf16' or 'f32'" if self.compile_config.amp == "f16" else
+                   "check the checkpoint's weights for NaN or inf"))
+        return tokens
 
     def _sample_chunk(self, ids, mask, max_new_tokens, forced, start, eos, sampling) -> np.ndarray:
         self.encode(ids, mask)
-        rows, pad = ids.shape[0], self.config.pad_token_id
+        rows, pad = ids.shape[0], self.generation_defaults.pad_token_id
         generated = [] if forced is None else [np.asarray(forced, np.int64)]
-        done = np.zeros(rows, bool) if forced is None else generated[0] == eos
+        done = np.zeros(rows, bool) if forced is None else np.isin(generated[0], eos)
         feed = np.stack([np.full(rows, start, np.int64)] + generated, axis=1)                     # [rows, 1 or 2]
         while len(generated) < max_new_tokens and not done.all():
-            token = self._next_tokens(feed, sampling)
+            token = self.next_tokens(feed, sampling)
             token = np.where(done, pad, token)
             generated.append(token)
-            done |= token == eos
+            done |= np.isin(token, eos)
             feed = token[:, None]
         return np.concatenate([np.full((rows, 1), start, np.int64)] + [g[:, None] for g in generated], axis=1)
 

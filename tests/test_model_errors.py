@@ -113,3 +113,17 @@ def test_forced_bos_token_id_count(model):
         model.sample(ids, mask, max_new_tokens=4, forced_bos_token_id=[5, 6, 7])
     per_row = model.sample(ids, mask, max_new_tokens=4, forced_bos_token_id=[5, 6])
     assert per_row[:, 1].tolist() == [5, 6]
+
+
+def test_nan_logits_are_a_clear_error(tmp_path, tiny_checkpoint):
+    from safetensors.numpy import load_file, save_file
+
+    src = tiny_checkpoint[0]
+    tensors = load_file(os.path.join(src, "model.safetensors"))
+    tensors["model.decoder.layer_norm.weight"][3] = np.nan       # one feature of the final norm: every logit NaN
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text(open(os.path.join(src, "config.json")).read())
+    model = NLLBForSampling.from_pretrained(str(tmp_path), batch_size=2, n_positions=[8], encoder_buckets=[8])
+    ids, mask = source_batch(128, lengths=(5, 3))
+    with pytest.raises(FloatingPointError, match=r"NaN logits at step 2 .* rows \[0, 1\].*check the checkpoint"):
+        model.to_neuron().sample(ids, mask, max_new_tokens=4, forced_bos_token_id=5)

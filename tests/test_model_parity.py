@@ -59,11 +59,15 @@ def test_greedy_without_forced_token_and_eos_stops(tiny_checkpoint):
     ref = hf_generate(hf, ids, mask, max_new_tokens=16, num_beams=1, do_sample=False)
     model = load(path, batch_size=2)
     np.testing.assert_array_equal(model.sample(ids, mask, max_new_tokens=16), ref)
-    # a token the model is made to end on: with eos_token_id set to the first greedy token, every row stops at once
+    # tokens the model is made to end on: row 0's first token ends row 0 at once, the others run on as HF's do; with
+    # every row's first token in the EOS list, every row stops at once
     first = ref[:, 1]
+    assert first[0] != first[1]
     out = model.sample(ids, mask, max_new_tokens=16, eos_token_id=int(first[0]))
-    assert out.shape[1] <= ref.shape[1]
-    assert out[0, 1] == first[0] and (out.shape[1] == 2 or (out[0, 2:] == hf.config.pad_token_id).all())
+    np.testing.assert_array_equal(out, hf_generate(hf, ids, mask, max_new_tokens=16, eos_token_id=int(first[0])))
+    assert (out[0, 2:] == hf.config.pad_token_id).all() and (out[1, 2:] != hf.config.pad_token_id).any()
+    out = model.sample(ids, mask, max_new_tokens=16, eos_token_id=first.tolist())
+    np.testing.assert_array_equal(out, ref[:, :2])
 
 
 def test_batches_are_padded_split_and_reassembled(tiny_checkpoint):
@@ -79,10 +83,10 @@ def test_buckets_short_source_and_long_generation(tiny_checkpoint):
     ids, mask = source_batch(hf.config.vocab_size, lengths=(5, 3))
     model = load(path, batch_size=2)
     model.encode(ids, mask)
-    assert model._source.source_len == 8  # the smallest bucket that holds 5 tokens
+    assert model.source_length == 8  # the smallest bucket that holds 5 tokens
     ids16, mask16 = source_batch(hf.config.vocab_size, lengths=(14, 3))
     model.encode(ids16, mask16)
-    assert model._source.source_len == 16
+    assert model.source_length == 16
     # 22 new tokens cross from the 8-position decoder bucket into the 24-position one, keeping the cache. An EOS id
     # outside the vocabulary is never produced, so both run the full length.
     never = hf.config.vocab_size + 1
@@ -90,27 +94,66 @@ def test_buckets_short_source_and_long_generation(tiny_checkpoint):
     out = model.sample(ids16, mask16, max_new_tokens=22, eos_token_id=never)
     assert out.shape == (2, 23)
     np.testing.assert_array_equal(out, ref)
-    assert {k[3] for k in model._programs if k[0] == "decoder"} == {8, 24}
+    assert {k.target_len for k in model.compiled_programs if k.kind == "decoder"} == {8, 24}
 
 
-def test_bf16_agrees_with_f32(tiny_checkpoint):
+@pytest.mark.parametrize("amp", ["bf16", "f16"])
+def test_half_precision_agrees_with_f32(tiny_checkpoint, amp):
+    """Generated tokens only (the decoder start and forced columns are given, not chosen), all the same length (EOS
+    cannot stop them). Measured on XLA CPU (8 rows x 20 tokens, tiny config): bf16 and f16 both agree 100% with f32;
+    f16 logits within 3e-3 of f32, bf16 within 2.4e-2; a sample() call 10.3 ms in f16, 91.9 ms in bf16, 8.8 ms in f32
+    (XLA CPU has fast f16 dots, slow bf16 ones)."""
     path, hf = tiny_checkpoint
     ids, mask = source_batch(hf.config.vocab_size)
-    f32 = load(path).sample(ids, mask, max_new_tokens=12, forced_bos_token_id=5)
-    bf16 = load(path, amp="bf16").sample(ids, mask, max_new_tokens=12, forced_bos_token_id=5)
-    width = min(f32.shape[1], bf16.shape[1])
-    agreement = float((f32[:, :width] == bf16[:, :width]).mean())
-    print(f"bf16 vs f32 greedy token agreement: {agreement:.1%}")
-    assert agreement >= 0.5
+    never = hf.config.vocab_size + 1
+    f32 = load(path).sample(ids, mask, max_new_tokens=12, forced_bos_token_id=5, eos_token_id=never)
+    half = load(path, amp=amp).sample(ids, mask, max_new_tokens=12, forced_bos_token_id=5, eos_token_id=never)
+    assert f32.shape == half.shape == (len(ids), 13)
+    agreement = float((f32[:, 2:] == half[:, 2:]).mean())
+    print(f"{amp} vs f32 greedy agreement over generated tokens: {agreement:.1%}")
+    assert agreement >= 0.75
 
 
-def test_bf16_logits_come_back_in_f32(tiny_checkpoint):
-    """The LM head accumulates in f32 whatever the amp type: bf16 logits would tie often and lose the ranking."""
+@pytest.mark.parametrize("amp", ["bf16", "f16"])
+def test_half_precision_logits_come_back_in_f32(tiny_checkpoint, amp):
+    """The LM head accumulates in f32 whatever the amp type: half-precision logits would tie often and lose the
+    ranking."""
     path, hf = tiny_checkpoint
     ids, mask = source_batch(hf.config.vocab_size)
-    model = load(path, amp="bf16")
+    model = load(path, amp=amp)
     model.encode(ids, mask)
     logits = model.decode_step(np.full(len(ids), hf.config.decoder_start_token_id))
     assert logits.dtype == np.float32 and logits.shape == (len(ids), hf.config.vocab_size)
-    as_bf16 = logits.astype(ml_dtypes.bfloat16).astype(np.float32)
-    assert (logits != as_bf16).any()                              # values a bf16 result could not hold
+    half = ml_dtypes.bfloat16 if amp == "bf16" else np.float16
+    assert (logits != logits.astype(half).astype(np.float32)).any()   # values a half-precision result could not hold
+    model.encode(ids, mask)
+    with torch.no_grad():
+        ref = hf(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                 decoder_input_ids=torch.full((len(ids), 1), hf.config.decoder_start_token_id)).logits[:, 0].numpy()
+    assert np.abs(model.decode_step(np.full(len(ids), hf.config.decoder_start_token_id)) - ref).max() < 0.1
+
+
+def test_generation_config_gives_the_defaults_hf_uses(tiny_checkpoint, tmp_path):
+    """max_length, an EOS list, forced_bos_token_id, decoder_start_token_id and pad_token_id from
+    generation_config.json, as HF generate() reads them; explicit arguments win."""
+    import json
+    import shutil
+
+    from transformers import M2M100ForConditionalGeneration
+
+    path, hf = tiny_checkpoint
+    ids, mask = source_batch(hf.config.vocab_size)
+    plain = hf_generate(hf, ids, mask, max_new_tokens=8, forced_bos_token_id=5, decoder_start_token_id=3)
+    stop = int(plain[0, 4])           # a token row 0 produces mid-way: with it in the EOS list, row 0 ends there
+    copy = tmp_path / "checkpoint"
+    shutil.copytree(path, copy)
+    (copy / "generation_config.json").write_text(json.dumps(dict(
+        bos_token_id=0, pad_token_id=0, decoder_start_token_id=3, eos_token_id=[2, stop], forced_bos_token_id=5,
+        max_length=9)))
+    hf_copy = M2M100ForConditionalGeneration.from_pretrained(copy).eval()
+    ref = hf_generate(hf_copy, ids, mask)
+    assert ref.shape[1] <= 9 and (ref[0, 5:] == 0).all() and not np.array_equal(ref, plain)
+    model = load(str(copy))
+    np.testing.assert_array_equal(model.sample(ids, mask), ref)
+    explicit = dict(max_new_tokens=4, eos_token_id=2, forced_bos_token_id=6, decoder_start_token_id=2)
+    np.testing.assert_array_equal(model.sample(ids, mask, **explicit), hf_generate(hf_copy, ids, mask, **explicit))

@@ -1,0 +1,56 @@
+"""Which programs a model's shape lists for ahead-of-time compiles: exactly those generation can run."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from nllb_neuronx import NLLBForSampling
+from tests.conftest import source_batch
+
+
+def test_default_shape_lists_no_prefix_program_that_never_runs(tiny_checkpoint):
+    model = NLLBForSampling.from_pretrained(tiny_checkpoint[0])  # default buckets: 4 source x 3 target
+    keys = model.program_builders()
+    prefix = [k for k in keys if k.kind == "decoder" and k.new_tokens == 2]
+    assert {k.target_len for k in prefix} == {64}                        # the two-token prefix runs only at position 0
+    assert len(keys) == 4 * 2 + 4 * 3 * 2 + 4 * 2                # encoder + reorder, 1-token steps, prefixes: 40
+
+
+def test_save_compiles_exactly_the_listed_programs_and_generation_needs_no_other(tiny_checkpoint, tmp_path):
+    path, hf = tiny_checkpoint
+    model = NLLBForSampling.from_pretrained(path, batch_size=3, n_positions=[4, 8], encoder_buckets=[8]).to_neuron()
+    listed = set(model.program_builders())
+    assert len(listed) == 1 + 1 + 2 * 2 + 2          # encoder, reorder, 1-token steps x 2 buckets x 2 heads, prefix x 2
+    model.save(str(tmp_path))
+    assert len(list((tmp_path / "programs").iterdir())) == len(listed)
+    compiled = model.runtime.compile_count
+    ids, mask = source_batch(hf.config.vocab_size, lengths=(6, 3))
+    never = hf.config.vocab_size + 1
+    model.sample(ids, mask, max_new_tokens=7, forced_bos_token_id=5, eos_token_id=never)  # crosses into bucket 8
+    assert model.runtime.compile_count == compiled and set(model.compiled_programs) == listed
+
+
+def test_public_hooks_for_custom_loops_and_compile_timing(tiny_checkpoint):
+    from nllb_neuronx import ProgramKey
+
+    path, hf = tiny_checkpoint
+    model = NLLBForSampling.from_pretrained(path, batch_size=2, n_positions=[8], encoder_buckets=[8, 16]).to_neuron()
+    events = []
+    model.add_program_observer(events.append)
+    ids, mask = source_batch(hf.config.vocab_size, lengths=(6, 3))
+    expected = model.sample(ids, mask, max_new_tokens=5, forced_bos_token_id=5)
+    assert [e.key for e in events] == model.compiled_programs and all(e.seconds > 0 for e in events)
+    assert model.compiled_programs == [ProgramKey("encoder", 8), ProgramKey("decoder", 8, "greedy", 2, 8),
+                                       ProgramKey("decoder", 8, "greedy", 1, 8)]
+
+    model.encode(ids, mask)                       # the same greedy loop, by hand
+    assert (model.source_rows, model.source_length) == (2, 8)
+    tokens = [model.next_tokens(np.array([[2, 5], [2, 5]]))]
+    for _ in range(3):
+        tokens.append(model.next_tokens(tokens[-1]))
+    np.testing.assert_array_equal(np.stack(tokens, 1), expected[:, 2:])
+
+    model.forget_programs()                       # fetched again, from the runtime's caches: nothing compiles
+    compiles, events[:] = model.runtime.compile_count, []
+    np.testing.assert_array_equal(model.sample(ids, mask, max_new_tokens=5, forced_bos_token_id=5), expected)
+    assert len(events) == 3 and model.runtime.compile_count == compiles
