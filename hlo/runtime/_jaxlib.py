@@ -25,6 +25,11 @@ if _enable_x64 is None:
 DEFAULT_CPU_DEVICES = 16
 
 
+def versions() -> dict[str, str]:
+    import jaxlib
+    return {"jax": jax.__version__, "jaxlib": jaxlib.__version__}
+
+
 def backends_started() -> bool:
     return bool(xla_bridge._backends)
 
