@@ -236,7 +236,8 @@ def test_store_ignores_empty_files(tmp_path):
 
 # ------------------------------------------------------------------------------------------------- aot runtime
 def test_aot_route_without_torch_neuronx(fake_cc, tmp_path):
-    with pytest.raises(RuntimeError, match=r"torch-neuronx, which cannot be imported here.*pip install torch-neuronx"):
+    with pytest.raises(RuntimeError,
+                       match=r"torch-neuronx, which cannot be imported here.*pip install 'torch-neuronx==2\.9\.\*'"):
         NeuronRuntime(2, tmp_path, route="aot", target="trn1")
 
 
@@ -378,7 +379,8 @@ def test_aot_route_imports_no_jax_and_the_cache_url_comes_first(fake_cc, tiny_ch
 
         neuron.TorchNeuronxDevice = NumpyDevice
         model = NLLBForSampling.from_pretrained({tiny_checkpoint[0]!r}, backend="neuron", tp_degree=2,
-                                                n_positions=[8], encoder_buckets=[16], compiled_dir={str(tmp_path / "a")!r})
+                                                n_positions=[8], encoder_buckets=[16],
+                                                compiled_dir={str(tmp_path / "a")!r})
         model.to_neuron()
         model.encode(np.array([[5, 6, 2]]))
         assert model.runtime.route == "aot" and model.runtime.compile_count == 1
