@@ -2,7 +2,7 @@
 
     compiler = NeuronCompiler(target="inf2", tp_degree=8, cache_dir="compiled/")
     neff = compiler.compile(module)           # runs neuronx-cc once per (HLO, target, tp, flags, compiler version)
-    neff.path                                 # compiled/<key>.neff, next to the XLA runtime's <key>.pjrt files
+    neff.path                                 # compiled/<key>.neff
 
 The command (neuronx-cc CLI reference, https://awsdocs-neuron.readthedocs-hosted.com/en/latest/compiler/neuronx-cc/
 api-reference-guide/neuron-compiler-cli-reference-guide.html):
@@ -15,6 +15,9 @@ replaces our default for that flag (`--auto-cast=matmult`, `-O1`, `--model-type=
 `--output` belong to this module, and a `--target` there must agree with the runtime's target.
 
 Compilation needs only the compiler, not Neuron devices: NEFFs can be built on any machine with `neuronx-cc`.
+The NEFF key includes the compiler version as `neuronx-cc --version` reports it (asked once per binary), so it is
+right however the compiler was installed. A neuronx-cc process takes gigabytes of memory: however many threads
+compile, at most `compile_workers()` = min(CPUs, available memory / `HLO_NEURON_COMPILE_MEMORY_GIB`) run at once.
 """
 
 from __future__ import annotations
