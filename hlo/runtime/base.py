@@ -13,6 +13,7 @@ buffer, and the buffer passed in is donated (deleted), so feed the output back i
 from __future__ import annotations
 
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -180,7 +181,8 @@ class Runtime:
         self.__dict__.setdefault("_observers", []).append(callback)
 
     def _compiled(self, event: CompileEvent) -> None:
-        self._compile_count = self.compile_count + 1
+        with self.__dict__.setdefault("_count_lock", threading.Lock()):  # compile_all compiles from several threads
+            self._compile_count = self.compile_count + 1
         for callback in self.__dict__.get("_observers", ()):
             callback(event)
 
