@@ -1,5 +1,11 @@
 from setuptools import find_packages, setup
 
+# jax/jaxlib: the range the Neuron SDKs' PJRT plugin supports (SDK 2.27-2.33: jax 0.7.0-0.10.0; SDK 2.34:
+# 0.10.0-0.11.2), as far as hlo/runtime/_jaxlib.py has shims for: CI runs the suite on 0.10.2 and the hlo tests and
+# greedy parity on 0.7.2. torch is not needed for greedy decoding from safetensors, so it is an extra: torch-neuronx
+# on inf2/trn1 brings its own torch (2.9), which a pin here would fight.
+JAX = ">=0.7.0,<0.11"
+
 setup(
     name="nllb_neuronx",
     version="0.1.0",
@@ -8,23 +14,23 @@ setup(
     packages=find_packages(include=["hlo", "hlo.*", "nllb_neuronx", "nllb_neuronx.*"]),
     python_requires=">=3.10",
     install_requires=[
-        "jax==0.10.2",
-        "jaxlib==0.10.2",
-        "torch==2.13.0",  # exactly: the CPU wheel is on local disk; an unpinned torch pulls a multi-GB CUDA build
-        "transformers>=5.0,<6",
+        f"jax{JAX}",
+        f"jaxlib{JAX}",
+        "transformers>=5.0,<6",  # the tokenizers (text in, text out); its models need torch, which is an extra
         "tokenizers",
+        "sentencepiece",
         "safetensors>=0.8",  # its numpy reader handles bf16
         "ml_dtypes",  # bfloat16 for numpy (safetensors' numpy reader of bf16 checkpoints); comes with jax
-        "sentencepiece",
         "protobuf>=4.21",
         "numpy",
         "tqdm",
     ],
     extras_require={
-        "test": ["pytest"],
+        # HF generate() through the adapter (beam search, logits processors), pytorch_model.bin checkpoints, and
+        # the demo's reference model. Unpinned: any torch transformers 5 supports (torch-neuronx's 2.9 included).
+        "hf": ["torch>=2.4"],
+        "test": ["torch>=2.4", "pytest", "httpx"],
         "bench": ["ctranslate2", "matplotlib"],
-        # The real Neuron packages come from AWS's index (see README: Running on trn1/inf2); PyPI has placeholders.
-        "neuron": ["neuronx-cc", "torch-neuronx", "libneuronxla"],
     },
     entry_points={"console_scripts": ["nllb-neuronx=nllb_neuronx.cli:main"]},
 )

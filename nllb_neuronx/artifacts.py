@@ -3,8 +3,9 @@
     model.save("artifacts/")                                       # compiles whatever is missing, writes the store
     NLLBForSampling.from_pretrained(path, ..., compiled_dir="artifacts/").to_neuron()   # compiles nothing
 
-The store is `manifest.json` plus `programs/` (the runtime's executable cache: serialized PJRT executables on XLA,
-NEFFs on Neuron), keyed by the hash of each program's HLO and compile setting. Weights stay outside: the same artifacts
+The store is `manifest.json` plus `programs/` (the runtime's store, `Runtime.use_store`: serialized PJRT executables on
+XLA, or the HLO of a program PJRT cannot serialize, compiled on load; NEFFs on Neuron), keyed by
+`Runtime.artifact_key` (the hash of each program's HLO and compile setting). Weights stay outside: the same artifacts
 serve every checkpoint of the same shape. Files are written to a temporary name and renamed, so two processes
 compiling into one directory leave a valid store.
 """
@@ -23,10 +24,8 @@ FORMAT = 1
 
 
 def manifest(model) -> dict:
-    """What the artifacts were compiled for: must equal the loading model's, field for field."""
-    import jax
-    import jaxlib
-
+    """What the artifacts were compiled for: must equal the loading model's, field for field. The versions are the
+    runtime's (jax/jaxlib on XLA, neuronx-cc on the ahead-of-time Neuron route, which imports no jax)."""
     from nllb_neuronx import __version__
 
     c = model.compile_config
@@ -36,7 +35,7 @@ def manifest(model) -> dict:
         "compile": {"batch_size": c.batch_size, "tp_degree": c.tp_degree, "n_positions": list(c.n_positions),
                     "encoder_buckets": list(c.encoder_buckets), "amp": c.amp},
         "backend": model.runtime.backend if model.runtime is not None else c.backend,
-        "versions": {"nllb_neuronx": __version__, "jax": jax.__version__, "jaxlib": jaxlib.__version__},
+        "versions": {"nllb_neuronx": __version__, **(model.runtime.versions() if model.runtime is not None else {})},
     }
 
 

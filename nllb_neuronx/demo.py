@@ -11,7 +11,10 @@ import tempfile
 import time
 
 import numpy as np
-import torch
+
+from nllb_neuronx.extras import require_torch
+
+torch = require_torch("the demo (it checks every token against HF transformers' model)")
 
 
 def main(argv=None) -> int:

@@ -12,11 +12,15 @@ program), so HF never holds or copies a cache. Every `generate()` starts from a 
 from __future__ import annotations
 
 import numpy as np
-import torch
-from transformers import GenerationConfig, GenerationMixin, M2M100Config, PreTrainedModel
-from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput
 
-from nllb_neuronx.model import NLLBForSampling
+from nllb_neuronx.extras import require_torch
+
+torch = require_torch("HuggingFaceGenerationModelAdapter (HF generate(): beam search, logits processors)")
+
+from transformers import GenerationConfig, GenerationMixin, M2M100Config, PreTrainedModel  # noqa: E402
+from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput  # noqa: E402
+
+from nllb_neuronx.model import NLLBForSampling  # noqa: E402
 
 
 class _DeviceEncoder(torch.nn.Module):

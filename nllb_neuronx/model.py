@@ -211,17 +211,17 @@ class NLLBForSampling:
 
     @_exclusive
     def save(self, directory: str) -> None:
-        """Compile every program (those not compiled yet) and store them with a manifest in `directory`."""
-        from pathlib import Path
-
+        """Store every program of this shape with a manifest in `directory`: those compiled already (in the runtime's
+        memory) are written, the others compiled first."""
         self._require_runtime()
-        previous = self.runtime.cache_dir
-        self.runtime.cache_dir = Path(artifacts.programs_dir(directory))
+        previous = self.runtime.use_store(artifacts.programs_dir(directory))
         try:
             self.compile_all()
-            programs = {p.module.name: self.runtime.cache_key(p.module) for p in self._programs.values()}
+            for program in list(self._programs.values()):  # compiled before the store was set: write them too
+                self.runtime.compile(program.module)
+            programs = {p.module.name: self.runtime.artifact_key(p.module) for p in self._programs.values()}
         finally:
-            self.runtime.cache_dir = previous
+            self.runtime.use_store(previous)
         artifacts.write_manifest(directory, artifacts.manifest(self), programs)
 
     def run_program(self, key, build, **inputs) -> dict:

@@ -199,7 +199,8 @@ class Translator:
         return self.tokenizer.batch_decode(out, skip_special_tokens=True)
 
     def _hf_generate(self, batch, mask, forced, num_beams, max_new, kwargs) -> np.ndarray:
-        import torch
+        from nllb_neuronx.extras import require_torch
+        torch = require_torch("beam search and generate() options in Translator")
 
         from nllb_neuronx.generation import HuggingFaceGenerationModelAdapter
         from transformers import AutoConfig

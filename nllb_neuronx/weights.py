@@ -39,7 +39,8 @@ class Checkpoint:
                 for stored in f.keys():
                     self._sources[_canonical(stored)] = (file, stored)
         elif (self.path / "pytorch_model.bin").exists():
-            import torch
+            from nllb_neuronx.extras import require_torch
+            torch = require_torch(f"reading {self.path / 'pytorch_model.bin'} (safetensors checkpoints do not)")
             state = torch.load(self.path / "pytorch_model.bin", map_location="cpu", weights_only=True)
             self._torch_state = {_canonical(k): v for k, v in state.items()}
         else:

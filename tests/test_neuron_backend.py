@@ -14,8 +14,10 @@ import json
 import logging
 import os
 import stat
+import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -31,19 +33,29 @@ from hlo.runtime.neuron_platform import GiB
 
 _jaxlib.request_cpu_devices(_jaxlib.DEFAULT_CPU_DEVICES)
 
+ROOT = Path(__file__).resolve().parents[1]
+
 FAKE_MAGIC = b"FAKE-NEFF\0"
 FAKE_COMPILER = textwrap.dedent(f"""\
     #!{sys.executable}
     # A stand-in for neuronx-cc: records its argv, then writes a "NEFF" holding the HLO it was given.
     import json, os, sys
     args = sys.argv[1:]
+    if args == ["--version"]:
+        print(os.environ.get("FAKE_NEURONX_CC_VERSION", "NeuronX Compiler version 2.99.0.0+fake"))
+        sys.exit(0)
     with open(os.environ["FAKE_NEURONX_CC_LOG"], "a") as log:
         log.write(json.dumps({{"argv": args, "cwd": os.getcwd()}}) + "\\n")
     if os.environ.get("FAKE_NEURONX_CC_FAIL"):
         print("ERROR 70: fake compiler failure", file=sys.stderr)
         sys.exit(70)
+    import time
+    start = time.time()
+    time.sleep(float(os.environ.get("FAKE_NEURONX_CC_SLEEP", "0")))
     with open(args[1], "rb") as src, open(args[args.index("--output") + 1], "wb") as out:
         out.write({FAKE_MAGIC!r} + src.read())
+    with open(os.environ["FAKE_NEURONX_CC_LOG"] + ".spans", "a") as log:
+        log.write(json.dumps([start, time.time()]) + "\\n")
 """)
 
 NEURON_ENV = ("NEURON_RT_VISIBLE_CORES", "NEURON_RT_NUM_CORES", "NEURON_CC_FLAGS", "NEURON_LOGICAL_NC_CONFIG",
@@ -92,23 +104,33 @@ def row_parallel_module():
     return hlo.build("row_parallel_cached", spec, body, aliases={"cache": "cache"})
 
 
+_STAND_IN_EXECUTABLES: dict[tuple, object] = {}
+
+
 class XlaCpuStandIn:
     """In place of TorchNeuronxDevice: loads the fake compiler's "NEFF" (the HLO) onto XLA CPU devices. Not Neuron."""
 
     def __init__(self):
         self.loads = 0
+        self.uploads = 0
+        self.downloads: list[int] = []     # the rank of each download
 
     def load(self, neff: bytes, tp: int):
         assert neff.startswith(FAKE_MAGIC)
         devices = _jaxlib.devices("cpu")[:tp]
-        executable = _jaxlib.compile_replicated(_jaxlib.to_stablehlo(neff[len(FAKE_MAGIC):]), devices, tp)
+        if (neff, tp) not in _STAND_IN_EXECUTABLES:   # XLA compiles each HLO once per test session, to save time
+            _STAND_IN_EXECUTABLES[neff, tp] = _jaxlib.compile_replicated(
+                _jaxlib.to_stablehlo(neff[len(FAKE_MAGIC):]), devices, tp)
+        executable = _STAND_IN_EXECUTABLES[neff, tp]
         self.loads += 1
         return executable, _jaxlib.Replicas(devices)
 
     def upload(self, arrays):
+        self.uploads += 1
         return [np.array(a) for a in arrays]        # one host array per rank stands for a parallel device tensor
 
     def download(self, handle, rank: int):
+        self.downloads.append(rank)
         return handle[rank].copy()
 
     def run(self, model, inputs, outputs, input_names, output_names, tp: int):
@@ -214,7 +236,8 @@ def test_store_ignores_empty_files(tmp_path):
 
 # ------------------------------------------------------------------------------------------------- aot runtime
 def test_aot_route_without_torch_neuronx(fake_cc, tmp_path):
-    with pytest.raises(RuntimeError, match=r"torch-neuronx, which cannot be imported here.*pip install torch-neuronx"):
+    with pytest.raises(RuntimeError,
+                       match=r"torch-neuronx, which cannot be imported here.*pip install 'torch-neuronx==2\.9\.\*'"):
         NeuronRuntime(2, tmp_path, route="aot", target="trn1")
 
 
@@ -250,21 +273,190 @@ def test_aot_runtime_bookkeeping_with_a_stand_in_device(fake_cc, tmp_path):
         program(x=np.zeros((2, 5), np.float32), w=weights, cache=out2["cache"])
 
 
+def test_aot_output_buffers_are_allocated_once_and_reads_fetch_one_rank(fake_cc, tmp_path):
+    device = XlaCpuStandIn()
+    runtime = NeuronRuntime(2, tmp_path, target="inf2", device=device, route="aot")
+    program = runtime.compile(row_parallel_module())
+    rng = np.random.default_rng(1)
+    x, w = rng.standard_normal((2, 8)).astype(np.float32), rng.standard_normal((8, 3)).astype(np.float32)
+    weights, x_dev = runtime.put(PerRank([w[:4], w[4:]])), runtime.put(PerRank([x[:, :4], x[:, 4:]]))
+    cache = runtime.put(np.zeros((2, 3), np.float32))
+    uploads = device.uploads
+    for step in range(1, 6):
+        out = program(x=x_dev, w=weights, cache=cache)
+        np.testing.assert_allclose(out["y"].numpy(rank=1), x @ w, rtol=1e-5)
+        cache = out["cache"]
+        del out                                  # the y buffer goes back to the runtime for the next call
+    assert device.uploads == uploads + 1         # y's buffer, allocated by the first call only
+    np.testing.assert_allclose(cache.numpy(rank=0), 5 * (x @ w), rtol=1e-5)
+    assert device.downloads == [1] * 5 + [0]     # each read fetched the rank asked for, only
+    kept = program(x=x_dev, w=weights, cache=cache)
+    again = program(x=x_dev, w=weights, cache=kept["cache"])    # `kept` is alive: its y buffer is not reused
+    np.testing.assert_allclose(kept["y"].numpy(0), again["y"].numpy(0), rtol=1e-5)
+    assert device.uploads == uploads + 2
+
+
+def test_nllb_model_on_the_aot_stand_in_saves_and_reloads_without_compiling(fake_cc, tiny_checkpoint, tmp_path,
+                                                                             monkeypatch):
+    """NLLBForSampling end to end on the ahead-of-time route: the fake compiler, XLA CPU standing in for the cores.
+    Sample (greedy and drawn), save, and reload from the artifacts with zero compiles."""
+    from hlo.runtime import neuron
+    from nllb_neuronx import NLLBForSampling
+    from tests.conftest import hf_generate, source_batch
+
+    monkeypatch.setattr(neuron, "TorchNeuronxDevice", XlaCpuStandIn)   # the stand-in in place of torch-neuronx
+    monkeypatch.setenv("HLO_NEURON_TARGET", "inf2")
+    monkeypatch.setenv("HLO_NEURON_ROUTE", "aot")
+    path, hf = tiny_checkpoint
+    ids, mask = source_batch(hf.config.vocab_size, lengths=(9, 5))
+    shape = dict(batch_size=2, tp_degree=2, n_positions=[8], encoder_buckets=[16])
+
+    def use(model):
+        return (model.sample(ids, mask, max_new_tokens=4, forced_bos_token_id=5),
+                model.sample(ids, mask, max_new_tokens=4, forced_bos_token_id=5, do_sample=True, top_k=3, seed=0))
+
+    model = NLLBForSampling.from_pretrained(path, backend="neuron", **shape).to_neuron()
+    assert isinstance(model.runtime, NeuronRuntime) and model.runtime.route == "aot"
+    greedy, drawn = use(model)
+    np.testing.assert_array_equal(greedy, hf_generate(hf, ids, mask, max_new_tokens=4, forced_bos_token_id=5,
+                                                      do_sample=False, num_beams=1))
+
+    store = tmp_path / "artifacts"
+    model.save(str(store))
+    compiled = len(fake_cc())
+    manifest = json.loads((store / "manifest.json").read_text())
+    assert manifest["backend"] == "neuron" and manifest["versions"]["neuronx-cc"] == \
+        "NeuronX Compiler version 2.99.0.0+fake"
+    assert all((store / "programs" / f"{key}.neff").is_file() for key in manifest["programs"].values())
+
+    model.runtime.clear_cache()                                    # a new process
+    again = NLLBForSampling.from_pretrained(path, backend="neuron", compiled_dir=str(store), **shape).to_neuron()
+    events = []
+    again.runtime.add_compile_observer(events.append)
+    greedy_again, drawn_again = use(again)
+    assert events == [] and again.runtime.compile_count == 0 and len(fake_cc()) == compiled
+    np.testing.assert_array_equal(greedy_again, greedy)
+    np.testing.assert_array_equal(drawn_again, drawn)
+
+
+NO_JAX = textwrap.dedent("""\
+    import os, sys
+
+    class _NoJax:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("jax", "jaxlib"):
+                return None
+            find = getattr(self.inner, "find_spec", None)
+            return None if find is None else find(name, path, target)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+
+    sys.meta_path[:] = [_NoJax(finder) for finder in sys.meta_path]
+""")
+
+
+def test_aot_route_imports_no_jax_and_the_cache_url_comes_first(fake_cc, tiny_checkpoint, tmp_path):
+    """In a Python where jax cannot be imported: the model runs its ahead-of-time route (compile, upload, run) with
+    a numpy stand-in device; and the PJRT route sets NEURON_COMPILE_CACHE_URL before it first asks jax for devices."""
+    code = NO_JAX + textwrap.dedent(f"""
+        import numpy as np
+        from hlo.runtime import neuron
+        from nllb_neuronx import NLLBForSampling
+
+        class NumpyDevice:   # keeps buffers as numpy arrays; runs nothing (this checks imports, not results)
+            def load(self, neff, tp):
+                return neff
+            def upload(self, arrays):
+                return [np.array(a) for a in arrays]
+            def download(self, handle, rank):
+                return handle[rank]
+            def run(self, model, inputs, outputs, input_names, output_names, tp):
+                pass
+
+        neuron.TorchNeuronxDevice = NumpyDevice
+        model = NLLBForSampling.from_pretrained({tiny_checkpoint[0]!r}, backend="neuron", tp_degree=2,
+                                                n_positions=[8], encoder_buckets=[16],
+                                                compiled_dir={str(tmp_path / "a")!r})
+        model.to_neuron()
+        model.encode(np.array([[5, 6, 2]]))
+        assert model.runtime.route == "aot" and model.runtime.compile_count == 1
+        assert not [m for m in sys.modules if m.split(".")[0] in ("jax", "jaxlib")]
+        try:
+            neuron.NeuronRuntime(1, {str(tmp_path / "p")!r}, route="pjrt")
+        except ImportError:
+            pass
+        print(os.environ["NEURON_COMPILE_CACHE_URL"])
+    """)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HLO_NEURON_TARGET="inf2", HLO_NEURON_ROUTE="aot")
+    env.pop("NEURON_COMPILE_CACHE_URL", None)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == str(tmp_path / "p" / "neuron-compile-cache")
+
+
+def test_compile_workers_are_bounded_by_memory(fake_cc, tmp_path, monkeypatch):
+    from hlo.runtime.neuron_compile import compile_workers
+    assert compile_workers(cpus=16, available=20 * GiB, per_compile=8 * GiB) == 2
+    assert compile_workers(cpus=2, available=200 * GiB, per_compile=8 * GiB) == 2
+    assert compile_workers(cpus=16, available=GiB, per_compile=8 * GiB) == 1
+    assert compile_workers(cpus=16, available=64 * GiB, env={"HLO_NEURON_COMPILE_MEMORY_GIB": "16"}) == 4
+    with pytest.raises(ValueError, match="HLO_NEURON_COMPILE_MEMORY_GIB='x'"):
+        compile_workers(env={"HLO_NEURON_COMPILE_MEMORY_GIB": "x"})
+
+    # one compile's worth of memory: threads compiling four modules run neuronx-cc one at a time
+    monkeypatch.setenv("HLO_NEURON_COMPILE_MEMORY_GIB", "1000000")
+    monkeypatch.setenv("FAKE_NEURONX_CC_SLEEP", "0.3")
+    from concurrent.futures import ThreadPoolExecutor
+    compiler = NeuronCompiler("inf2", 2, cache_dir=tmp_path / "c")
+    modules = [hlo.build(f"m{i}", hlo.ParamSpec(x=f32[2]), lambda p, i=i: {"y": p.x + float(i)}) for i in range(4)]
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(compiler.compile, modules))
+    spans = sorted(json.loads(line) for line in (tmp_path / "neuronx-cc.log.spans").read_text().splitlines())
+    assert len(spans) == 4 and all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))   # no two overlap
+
+
+def test_neff_key_carries_the_version_the_binary_reports(fake_cc, tmp_path, monkeypatch):
+    """neuronx-cc installed without pip metadata (a DLAMI's, say): the version comes from `neuronx-cc --version`."""
+    from hlo.runtime.neuron_compile import compiler_version
+    module = row_parallel_module()
+    first = NeuronCompiler("inf2", 2, cache_dir=tmp_path / "c")
+    assert first.version() == "NeuronX Compiler version 2.99.0.0+fake"
+    key = first.module_key(module)
+    exe = tmp_path / "bin" / "neuronx-cc"
+    exe.write_text(exe.read_text().replace("2.99.0.0+fake", "2.100.1.0+fake"))   # another compiler release
+    os.utime(exe, ns=(exe.stat().st_atime_ns, exe.stat().st_mtime_ns + 10**9))
+    assert compiler_version(str(exe)) == "NeuronX Compiler version 2.100.1.0+fake"
+    assert NeuronCompiler("inf2", 2, cache_dir=tmp_path / "c").module_key(module) != key
+
+
 # ------------------------------------------------------------------------------------------------ pjrt route
 def test_pjrt_route_reuses_the_xla_runtime(monkeypatch, tmp_path):
-    """Wiring only: CPU devices stand in for the 'neuron' devices jax would see with the plugin."""
+    """Wiring only: CPU devices stand in for the 'neuron' devices jax would see with the plugin (a stand-in package
+    named libneuronxla says the plugin is installed)."""
     real = _jaxlib.devices
     monkeypatch.setattr(_jaxlib, "devices", lambda p: real("cpu") if p == "neuron" else real(p))
+    fake_pkg = tmp_path / "site"
+    (fake_pkg / "libneuronxla").mkdir(parents=True)
+    (fake_pkg / "libneuronxla" / "__init__.py").write_text("raise ImportError('a stand-in, never imported')\n")
+    monkeypatch.syspath_prepend(str(fake_pkg))
     monkeypatch.setenv(CACHE_URL_ENV, "")
-    runtime = get_runtime("neuron", 2, tmp_path)
+    runtime = get_runtime("neuron", 2, tmp_path / "store")
     from hlo.runtime.xla import XlaRuntime
     assert isinstance(runtime, NeuronRuntime) and runtime.route == "pjrt"
     assert isinstance(runtime._impl, XlaRuntime) and runtime._impl.platform == "neuron"
-    assert os.environ[CACHE_URL_ENV] == str(tmp_path / "neuron-compile-cache")
+    assert os.environ[CACHE_URL_ENV] == str(tmp_path / "store" / "neuron-compile-cache")
     spec = hlo.ParamSpec(x=f32[2, 4])
-    program = runtime.compile(hlo.build("sum_ranks", spec, lambda p: {"y": hlo.all_reduce(p.x)}))
+    module = hlo.build("sum_ranks", spec, lambda p: {"y": hlo.all_reduce(p.x)})
+    program = runtime.compile(module)
     out = program(x=PerRank([np.ones((2, 4), np.float32), 2 * np.ones((2, 4), np.float32)]))
     np.testing.assert_array_equal(out["y"].numpy(rank=1), np.full((2, 4), 3, np.float32))
+    # the store keeps the program's HLO (the plugin's serialized executables are not relied on)
+    assert (tmp_path / "store" / f"{runtime.artifact_key(module)}.hlo.pb").read_bytes() == module.serialize()
 
 
 def test_pjrt_route_without_plugin():

@@ -16,8 +16,18 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 XlaRuntimeError = xc.XlaRuntimeError
 
+# jax 0.7.x has the x64 context manager in jax.experimental; jax 0.8+ has it at the top level.
+_enable_x64 = getattr(jax, "enable_x64", None)
+if _enable_x64 is None:
+    from jax.experimental import enable_x64 as _enable_x64
+
 # Enough virtual CPU devices for tp_degree up to 16 (NLLB has 16 heads). Asked for before jax starts its CPU backend.
 DEFAULT_CPU_DEVICES = 16
+
+
+def versions() -> dict[str, str]:
+    import jaxlib
+    return {"jax": jax.__version__, "jaxlib": jaxlib.__version__}
 
 
 def backends_started() -> bool:
@@ -70,7 +80,7 @@ class Replicas:
         # Wait for the copy: device_put is asynchronous and keeps each host array alive until its copy is done, so
         # a loop of uploads (weights streamed from a checkpoint) would hold many host arrays at once (measured on
         # the 600M shape: peak RSS 3.5 GB while loading without the wait, 2.9 GB with it).
-        with jax.enable_x64(True):  # keep s64/u64/f64 as they are: jax would narrow them to 32 bits
+        with _enable_x64(True):  # keep s64/u64/f64 as they are: jax would narrow them to 32 bits
             shards = jax.block_until_ready(jax.device_put(arrays, self.devices))
         return jax.make_array_from_single_device_arrays(arrays[0].shape, self.sharding, shards)
 

@@ -13,8 +13,11 @@ uses `hlo.rank()` has a parameter `hlo.RANK_PARAM`: `run` feeds each rank its nu
 
 from __future__ import annotations
 
+import os
+import threading
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -130,14 +133,68 @@ class Program:
         return {name: DeviceTensor(self.runtime, arr, shape) for (name, shape), arr in zip(self.module.outputs, outs)}
 
 
+@dataclass(frozen=True)
+class CompileEvent:
+    """One real compile by a runtime (not a cache hit): what observers added with `add_compile_observer` receive."""
+
+    program: str                 # the module's name
+    key: str                     # its artifact key
+    seconds: float
+    reason: str                  # NEW (not in memory or in the store) or STORED_AS_HLO (the store holds its HLO only)
+
+    NEW = "new"
+    STORED_AS_HLO = "stored as HLO"
+
+
 class Runtime:
-    """A backend with `tp_degree` devices. Subclasses implement compile, upload, execute and read."""
+    """A backend with `tp_degree` devices. Subclasses implement compile, upload, execute and read, and keep compiled
+    programs in a store on disk: `use_store(directory)` chooses it, `artifact_key(module)` names a program there.
+
+    The store is what `save()` and compiled artifacts are made of: every program compiled while a store is set is
+    written to it, and so is one compiled earlier in the process when `compile()` is called for it again. A program
+    the backend cannot serialize is stored as its HLO and compiled when loaded (a CompileEvent says so)."""
 
     backend: str
     tp_degree: int
+    store_dir: Path | None = None
 
     def compile(self, module: Module) -> Program:
         raise NotImplementedError
+
+    def artifact_key(self, module: Module) -> str:
+        """The name of `module`'s compiled program in the store: a hash of the HLO and everything the compiled
+        program depends on (backend, tp, compiler version, target)."""
+        raise NotImplementedError
+
+    def use_store(self, directory: str | os.PathLike | None) -> Path | None:
+        """Keep compiled programs in `directory` from now on (None: in memory only); returns the previous one."""
+        previous = self.store_dir
+        self.store_dir = Path(directory) if directory is not None else None
+        return previous
+
+    def clear_cache(self) -> None:
+        """Forget the programs compiled in this process for this runtime's devices, as a new process would start
+        (the store on disk stays)."""
+        raise NotImplementedError
+
+    @property
+    def compile_count(self) -> int:
+        """Real compiles by this runtime (not in-memory or store hits)."""
+        return getattr(self, "_compile_count", 0)
+
+    def add_compile_observer(self, callback: Callable[[CompileEvent], None]) -> None:
+        """Call `callback(event)` after each real compile by this runtime."""
+        self.__dict__.setdefault("_observers", []).append(callback)
+
+    def _compiled(self, event: CompileEvent) -> None:
+        with self.__dict__.setdefault("_count_lock", threading.Lock()):  # compile_all compiles from several threads
+            self._compile_count = self.compile_count + 1
+        for callback in self.__dict__.get("_observers", ()):
+            callback(event)
+
+    def versions(self) -> dict[str, str]:
+        """The versions of what compiled programs depend on (for a manifest)."""
+        return {}
 
     def put(self, value) -> DeviceTensor:
         raise NotImplementedError

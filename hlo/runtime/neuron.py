@@ -5,8 +5,12 @@ documented routes behind the `Runtime` interface.
   as devices of platform "neuron", and `XlaRuntime("neuron", ...)` runs our modules on them exactly as on CPU: PJRT
   compiles with `num_replicas = tp_degree` (the plugin calls neuronx-cc) and executes one replica per NeuronCore.
   With a `cache_dir`, the plugin's NEFF cache (`NEURON_COMPILE_CACHE_URL`, unless already set) goes under it.
+  Programs are stored as their HLO (the plugin's serialized executables are undocumented), compiled again on load
+  from the plugin's NEFF cache.
 - `aot`: `neuronx-cc` compiles each module to a NEFF ahead of time (`hlo.runtime.neuron_compile`; NEFFs are kept
   with the compiled artifacts, keyed by HLO hash), and torch-neuronx loads and runs it on `tp_degree` NeuronCores.
+  This route imports no jax. Each output buffer is allocated once and reused by later calls once its DeviceTensor is
+  dropped (transformers-neuronx's ParallelMemory allocates its output buffers once, too).
 
 `HLO_NEURON_ROUTE=pjrt|aot` or `route=` chooses; otherwise pjrt where jax sees Neuron devices, else aot. Before
 either starts, the tp degree is checked against the target's supported degrees and the NeuronCores this process
@@ -31,8 +35,8 @@ from pathlib import Path
 import numpy as np
 
 from hlo.builder import Module
-from hlo.runtime.base import DeviceTensor, Program, Runtime, RuntimeInputError, host_arrays
-from hlo.runtime.neuron_compile import NeuronCompiler
+from hlo.runtime.base import CompileEvent, DeviceTensor, Program, Runtime, RuntimeInputError, host_arrays
+from hlo.runtime.neuron_compile import NeuronCompiler, forget_known_neffs
 from hlo.runtime.neuron_platform import (INSTALL_PJRT, INSTALL_TORCH_NEURONX, ROUTE_ENV, TARGET_ENV,
                                          check_core_placement, check_tp_degree, probe, resolve_target)
 from hlo.types import Shape, dtype_of
@@ -68,6 +72,8 @@ class NeuronRuntime(Runtime):
         self.route = route or os.environ.get(ROUTE_ENV, "").strip() or None
         if self.route is not None and self.route not in ROUTES:
             raise ValueError(f"unknown Neuron route {self.route!r}; choose one of {', '.join(ROUTES)}")
+        if cache_dir is not None and self.route != "aot":
+            set_compile_cache_url(cache_dir)  # before anything asks jax for devices, which starts the plugin
         if self.route is None:
             self.route = self._choose_route(found, device)
         if self.route == "pjrt":
@@ -78,7 +84,7 @@ class NeuronRuntime(Runtime):
         log.info("neuron runtime: %s route, target %s, tp=%d", self.route, self.target or "unknown", tp_degree)
 
     def _choose_route(self, found, device) -> str:
-        if jax_neuron_devices():
+        if found.pjrt_plugin is not None and jax_neuron_devices():  # jax only where the plugin is installed
             return "pjrt"
         if device is not None or found.routes.get("aot") is None:
             return "aot"
@@ -93,13 +99,10 @@ class NeuronRuntime(Runtime):
                                f"install it ({INSTALL_PJRT}) on a trn1/inf2/trn2 instance, check that "
                                "NEURON_RT_VISIBLE_CORES leaves this process NeuronCores, or use HLO_NEURON_ROUTE=aot")
         from hlo.runtime.xla import XlaRuntime
-        if cache_dir is not None and not os.environ.get(CACHE_URL_ENV):
-            # The plugin compiles with neuronx-cc itself and keeps the NEFFs in the Neuron persistent cache; put that
-            # next to our other compiled artifacts. PJRT executables are not serialized to disk on this route: the
-            # plugin's support for that is undocumented, and its NEFF cache already makes a restart cheap.
-            os.environ[CACHE_URL_ENV] = str(Path(cache_dir) / "neuron-compile-cache")
-            log.info("%s=%s", CACHE_URL_ENV, os.environ[CACHE_URL_ENV])
-        return XlaRuntime("neuron", self.tp_degree, None)
+        # The plugin compiles with neuronx-cc itself and keeps NEFFs in its persistent cache (NEURON_COMPILE_CACHE_URL,
+        # set next to our store above). Our store keeps each program's HLO: the plugin's support for serialized
+        # executables is undocumented, and its NEFF cache makes the compile on load cheap.
+        return XlaRuntime("neuron", self.tp_degree, cache_dir, store_executables=False)
 
     def _aot_target(self) -> str:
         if self.target is None:
@@ -111,6 +114,25 @@ class NeuronRuntime(Runtime):
     # the Runtime interface: the route's
     def compile(self, module: Module) -> Program:
         return self._impl.compile(module)
+
+    def artifact_key(self, module: Module) -> str:
+        return self._impl.artifact_key(module)
+
+    @property
+    def store_dir(self):
+        return self._impl.store_dir
+
+    def use_store(self, directory):
+        return self._impl.use_store(directory)
+
+    def clear_cache(self) -> None:
+        self._impl.clear_cache()
+
+    def add_compile_observer(self, callback) -> None:
+        self._impl.add_compile_observer(callback)
+
+    def versions(self) -> dict[str, str]:
+        return self._impl.versions()
 
     def put(self, value) -> DeviceTensor:
         return self._impl.put(value)
@@ -135,15 +157,46 @@ class NeuronRuntime(Runtime):
         return f"NeuronRuntime(route={self.route!r}, target={self.target!r}, tp_degree={self.tp_degree})"
 
 
+def set_compile_cache_url(cache_dir) -> None:
+    """Point the Neuron PJRT plugin's NEFF cache (`NEURON_COMPILE_CACHE_URL`) into `cache_dir`, unless the variable
+    is set already. The plugin reads it when it starts, so this must come before jax starts its backends."""
+    if os.environ.get(CACHE_URL_ENV):
+        return
+    import sys
+    jax_started = "jax" in sys.modules and _jax_backends_started()
+    os.environ[CACHE_URL_ENV] = str(Path(cache_dir) / "neuron-compile-cache")
+    if jax_started:
+        log.warning("%s=%s was set after jax started its backends: the Neuron plugin keeps the cache it started "
+                    "with. Create the neuron runtime before other jax work, or set %s yourself", CACHE_URL_ENV,
+                    os.environ[CACHE_URL_ENV], CACHE_URL_ENV)
+    else:
+        log.info("%s=%s", CACHE_URL_ENV, os.environ[CACHE_URL_ENV])
+
+
+def _jax_backends_started() -> bool:
+    from hlo.runtime import _jaxlib
+    return _jaxlib.backends_started()
+
+
 # ------------------------------------------------------------------------------------------------ the aot route
 class _Buffer:
-    """One device tensor holding a buffer per rank (a torch-neuronx parallel tensor), or donated."""
+    """One device tensor holding a buffer per rank (a torch-neuronx parallel tensor), or donated. A buffer the
+    runtime allocated for an output goes back to its pool when dropped (`release`)."""
 
-    __slots__ = ("handle", "deleted")
+    __slots__ = ("handle", "deleted", "pool", "release", "__weakref__")
 
-    def __init__(self, handle):
+    def __init__(self, handle, pool: list | None = None):
         self.handle = handle
         self.deleted = False
+        self.pool = pool
+        self.release = weakref.finalize(self, pool.append, handle) if pool is not None else None
+
+    def donate(self) -> list | None:
+        """Give the handle away (to the output that updates it in place); returns the pool it belongs to."""
+        self.deleted = True
+        if self.release is None or self.release.detach() is None:
+            return None
+        return self.pool
 
 
 @dataclass
@@ -159,19 +212,44 @@ _LOADED: "weakref.WeakKeyDictionary[object, dict[tuple, _LoadedNeff]]" = weakref
 
 
 class AotRuntime(Runtime):
-    """NEFFs from neuronx-cc, loaded and run by `device` (default: `TorchNeuronxDevice`) on tp_degree NeuronCores."""
+    """NEFFs from neuronx-cc, loaded and run by `device` (default: `TorchNeuronxDevice`) on tp_degree NeuronCores.
+
+    `device` offers load(neff, tp), upload(per-rank arrays) -> handle, download(handle, rank) -> the rank's array,
+    and run(model, input handles, output handles, input names, output names, tp), which writes the outputs."""
 
     backend = "neuron"
 
     def __init__(self, tp_degree: int, target: str, cache_dir=None, *, optlevel: int | None = None, device=None):
         self.tp_degree, self.target = tp_degree, target
-        self.compiler = NeuronCompiler(target, tp_degree, cache_dir, optlevel=optlevel)
+        self.compiler = NeuronCompiler(target, tp_degree, cache_dir, optlevel=optlevel, on_compile=self._neff_built)
         self.compiler.executable()  # neuronx-cc must be there: fail now, not at the first compile
         self.device = device if device is not None else TorchNeuronxDevice()
+        self.store_dir = Path(cache_dir) if cache_dir is not None else None
+        self._pools: dict[tuple, list] = {}  # (dims, dtype) -> free output buffers (handles)
+
+    def _neff_built(self, name: str, key: str, seconds: float) -> None:
+        self._compiled(CompileEvent(name, key, seconds, CompileEvent.NEW))
 
     @property
     def compile_count(self) -> int:
         return self.compiler.compile_count
+
+    def artifact_key(self, module: Module) -> str:
+        return self.compiler.module_key(module)
+
+    def use_store(self, directory):
+        previous = super().use_store(directory)
+        self.compiler.use_store(directory)
+        return previous
+
+    def clear_cache(self) -> None:
+        loaded = _LOADED.get(self.device, {})
+        for key in [k for k in loaded if k[1] == self.tp_degree]:
+            loaded.pop(key, None)
+        forget_known_neffs()
+
+    def versions(self) -> dict[str, str]:
+        return {"neuronx-cc": self.compiler.version()}
 
     def compile(self, module: Module) -> Program:
         neff = self.compiler.compile(module)
@@ -203,24 +281,35 @@ class AotRuntime(Runtime):
             return value.array
         return _Buffer(self.device.upload(host_arrays(name, value, self.tp_degree, shape)))
 
+    def _output_buffer(self, shape: Shape) -> tuple[object, list]:
+        """A free output buffer of `shape` (allocated the first time only) and the pool it returns to."""
+        pool = self._pools.setdefault((shape.dims, shape.dtype.name), [])
+        try:
+            return pool.pop(), pool
+        except IndexError:
+            return self.device.upload([np.zeros(shape.dims, shape.dtype.numpy)] * self.tp_degree), pool
+
     def execute(self, program: Program, arrays: list) -> list:
         module, loaded = program.module, program.executable
         aliases = {module.output_names.index(o): module.params.names.index(p) for o, p in module.aliases}
-        outputs = []
+        outputs = []   # (handle, pool it returns to or None)
         for i, (_, shape) in enumerate(module.outputs):
             if i in aliases:  # updated in place: the output is the parameter's own device buffer
-                outputs.append(arrays[aliases[i]].handle)
+                outputs.append((arrays[aliases[i]].handle, None))
             else:
-                outputs.append(self.device.upload([np.zeros(shape.dims, shape.dtype.numpy)] * self.tp_degree))
+                outputs.append(self._output_buffer(shape))
         try:
-            self.device.run(loaded.model, [a.handle for a in arrays], outputs, loaded.input_names,
+            self.device.run(loaded.model, [a.handle for a in arrays], [h for h, _ in outputs], loaded.input_names,
                             loaded.output_names, self.tp_degree)
         except RuntimeError as e:
+            for handle, pool in outputs:
+                if pool is not None:
+                    pool.append(handle)
             raise RuntimeError(f"program {program.name!r} failed on the NeuronCores ({self.target}, "
                                f"tp={self.tp_degree}): {e}") from e
-        for p in aliases.values():
-            arrays[p].deleted = True  # donated: its buffer now belongs to the output
-        return [_Buffer(h) for h in outputs]
+        for i, p in aliases.items():   # donated: the buffer now belongs to the output
+            outputs[i] = (outputs[i][0], arrays[p].donate())
+        return [_Buffer(handle, pool) for handle, pool in outputs]
 
     def read(self, tensor: DeviceTensor, rank: int) -> np.ndarray:
         return self.device.download(tensor.array.handle, rank)
@@ -254,7 +343,8 @@ class TorchNeuronxDevice:
         self.torch = torch
 
     def load(self, neff: bytes, tp_degree: int):
-        model = self.classes.ParallelModel(neff, tp_degree)
+        # (NEFF, tp, first global NeuronCore, global core count), as transformers-neuronx's ParallelKernel.load
+        model = self.classes.ParallelModel(neff, tp_degree, 0, tp_degree)
         model.load()
         return model
 
@@ -267,6 +357,9 @@ class TorchNeuronxDevice:
         return self.ops._parallel_to_neuron([self._to_torch(a) for a in arrays])
 
     def download(self, handle, rank: int) -> np.ndarray:
+        # torch-neuronx registers no op that reads one rank of a parallel tensor (transformers-neuronx reads all
+        # ranks with _parallel_from_neuron, or rank 0 alone through ParallelExecutor's return_ranks): all ranks come
+        # to the host here and the others are dropped. Untested on hardware.
         tensor = self.ops._parallel_from_neuron(handle)[rank]
         if tensor.dtype == self.torch.bfloat16:
             import ml_dtypes

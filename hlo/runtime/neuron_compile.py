@@ -2,7 +2,7 @@
 
     compiler = NeuronCompiler(target="inf2", tp_degree=8, cache_dir="compiled/")
     neff = compiler.compile(module)           # runs neuronx-cc once per (HLO, target, tp, flags, compiler version)
-    neff.path                                 # compiled/<key>.neff, next to the XLA runtime's <key>.pjrt files
+    neff.path                                 # compiled/<key>.neff
 
 The command (neuronx-cc CLI reference, https://awsdocs-neuron.readthedocs-hosted.com/en/latest/compiler/neuronx-cc/
 api-reference-guide/neuron-compiler-cli-reference-guide.html):
@@ -15,6 +15,9 @@ replaces our default for that flag (`--auto-cast=matmult`, `-O1`, `--model-type=
 `--output` belong to this module, and a `--target` there must agree with the runtime's target.
 
 Compilation needs only the compiler, not Neuron devices: NEFFs can be built on any machine with `neuronx-cc`.
+The NEFF key includes the compiler version as `neuronx-cc --version` reports it (asked once per binary), so it is
+right however the compiler was installed. A neuronx-cc process takes gigabytes of memory: however many threads
+compile, at most `compile_workers()` = min(CPUs, available memory / `HLO_NEURON_COMPILE_MEMORY_GIB`) run at once.
 """
 
 from __future__ import annotations
@@ -27,10 +30,11 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 from hlo.builder import Module
 from hlo.runtime.neuron_platform import INSTALL_COMPILER, TARGETS
@@ -139,12 +143,84 @@ def hlo_for_neuronx_cc(module: Module, tp_degree: int) -> bytes:
     return proto.SerializeToString(deterministic=True)
 
 
-def installed_compiler_version() -> str:
+_VERSIONS: dict[tuple, str] = {}
+
+
+def compiler_version(executable: str | None = None) -> str:
+    """The version of the neuronx-cc that compiles: asked of the binary (`neuronx-cc --version`, once per binary and
+    modification time), so that it is known however the compiler was installed; the pip package's version where the
+    binary does not answer; "unknown" where neither is found."""
+    path = executable or shutil.which("neuronx-cc")
+    if path is not None:
+        try:
+            stat = os.stat(path)
+            cache_key = (os.path.realpath(path), stat.st_mtime_ns, stat.st_size)
+        except OSError:
+            cache_key = None
+        if cache_key is not None and cache_key in _VERSIONS:
+            return _VERSIONS[cache_key]
+        try:
+            done = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=120)
+            text = " ".join((done.stdout.strip() or done.stderr.strip()).split())
+            version = text if done.returncode == 0 and text else None
+        except (OSError, subprocess.TimeoutExpired):
+            version = None
+        if version is not None:
+            if cache_key is not None:
+                _VERSIONS[cache_key] = version
+            return version
     import importlib.metadata
     try:
         return importlib.metadata.version("neuronx-cc")
     except importlib.metadata.PackageNotFoundError:
         return "unknown"
+
+
+# ----------------------------------------------------------------------------------------- parallel compiles
+COMPILE_MEMORY_ENV = "HLO_NEURON_COMPILE_MEMORY_GIB"
+# Memory one neuronx-cc process may take. Our assumption, not a measurement: AWS documents no figure; compiling a
+# transformer layer stack is reported to take several GiB. Set HLO_NEURON_COMPILE_MEMORY_GIB to what you observe.
+DEFAULT_COMPILE_MEMORY_GIB = 8.0
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new processes (MemAvailable of /proc/meminfo), or None where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def compile_workers(cpus: int | None = None, available: int | None = None,
+                    per_compile: float | None = None, env: Mapping[str, str] | None = None) -> int:
+    """How many neuronx-cc processes may run at once: min(CPUs, available memory / memory per compile), at least 1.
+    Defaults: this machine's CPUs and available memory, `HLO_NEURON_COMPILE_MEMORY_GIB` (else 8) GiB per compile."""
+    cpus = cpus if cpus is not None else (os.cpu_count() or 1)
+    available = available if available is not None else available_memory()
+    if per_compile is None:
+        text = (os.environ if env is None else env).get(COMPILE_MEMORY_ENV, "").strip()
+        try:
+            gib = float(text) if text else DEFAULT_COMPILE_MEMORY_GIB
+            if not gib > 0:
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"{COMPILE_MEMORY_ENV}={text!r}: expected a positive number of GiB") from None
+        per_compile = gib * (1 << 30)
+    by_memory = cpus if available is None else int(available // per_compile)
+    return max(1, min(cpus, by_memory))
+
+
+_SLOTS: dict[int, threading.BoundedSemaphore] = {}
+_SLOTS_LOCK = threading.Lock()
+
+
+def _compile_slots(workers: int) -> threading.BoundedSemaphore:
+    """The process-wide limit on concurrent neuronx-cc runs (one semaphore per limit)."""
+    with _SLOTS_LOCK:
+        return _SLOTS.setdefault(workers, threading.BoundedSemaphore(workers))
 
 
 # --------------------------------------------------------------------------------------------------- the store
@@ -190,6 +266,8 @@ class NeffStore:
 
 
 _PROCESS_STORE: NeffStore | None = None
+# key -> a NEFF file this process compiled or found: copied into another store instead of compiling again
+_KNOWN_NEFFS: dict[str, Path] = {}
 
 
 def _process_store() -> NeffStore:
@@ -200,26 +278,44 @@ def _process_store() -> NeffStore:
     return _PROCESS_STORE
 
 
+def forget_known_neffs() -> None:
+    """Forget the NEFFs this process compiled or found elsewhere (as a new process would start)."""
+    _KNOWN_NEFFS.clear()
+
+
 class NeuronCompiler:
-    """Compiles modules to NEFFs with neuronx-cc for one target and tp degree; keeps them in a NeffStore by key."""
+    """Compiles modules to NEFFs with neuronx-cc for one target and tp degree; keeps them in a NeffStore by key.
+
+    At most `compile_workers()` neuronx-cc processes run at once in this process, however many threads compile."""
 
     def __init__(self, target: str, tp_degree: int, cache_dir: str | os.PathLike | None = None,
                  optlevel: int | None = None, flags: Sequence[str] | None = None, timeout: float | None = None,
-                 env: Mapping[str, str] | None = None):
+                 env: Mapping[str, str] | None = None, on_compile: Callable[[str, str, float], None] | None = None):
         self.target, self.tp_degree = target, tp_degree
         self.optlevel = env_optlevel(env) if optlevel is None else optlevel
         self.flags = env_flags(env) if flags is None else list(flags)
         compiler_command("model.hlo.pb", "model.neff", target, self.optlevel, self.flags)  # validates now
-        self.store = NeffStore(cache_dir) if cache_dir is not None else _process_store()
+        self.use_store(cache_dir)
         self.timeout = timeout
         self.env = env
+        self.on_compile = on_compile     # (module name, key, seconds) after each real neuronx-cc run
         self.compile_count = 0  # real neuronx-cc runs by this compiler (not store hits)
+
+    def use_store(self, cache_dir: str | os.PathLike | None) -> None:
+        self.store = NeffStore(cache_dir) if cache_dir is not None else _process_store()
+
+    def version(self) -> str:
+        path = shutil.which("neuronx-cc", path=(os.environ if self.env is None else self.env).get("PATH"))
+        return compiler_version(path)
 
     def key(self, hlo_bytes: bytes) -> str:
         h = hashlib.sha256(hlo_bytes)
         command = compiler_command("model.hlo.pb", "model.neff", self.target, self.optlevel, self.flags)
-        h.update(f"|neuronx-cc={installed_compiler_version()}|tp={self.tp_degree}|{shlex.join(command)}".encode())
+        h.update(f"|neuronx-cc={self.version()}|tp={self.tp_degree}|{shlex.join(command)}".encode())
         return h.hexdigest()[:32]
+
+    def module_key(self, module: Module) -> str:
+        return self.key(hlo_for_neuronx_cc(module, self.tp_degree))
 
     def executable(self) -> str:
         path = shutil.which("neuronx-cc", path=(os.environ if self.env is None else self.env).get("PATH"))
@@ -235,8 +331,23 @@ class NeuronCompiler:
         found = self.store.get(key)
         if found is not None:
             log.info("NEFF for %s (%s tp=%d) found in %s", module.name, self.target, self.tp_degree, found)
+            _KNOWN_NEFFS[key] = found
             return Neff(key, found, module.name)
+        known = _KNOWN_NEFFS.get(key)
+        if known is not None and known.is_file():  # compiled earlier in this process, into another store
+            meta = known.with_name(known.name + ".json")
+            path = self.store.put(key, known, json.loads(meta.read_text()) if meta.is_file() else {})
+            return Neff(key, path, module.name)
         executable = self.executable()
+        with _compile_slots(compile_workers(env=self.env)):
+            path, seconds = self._run_compiler(module, hlo_bytes, key, executable)
+        self.compile_count += 1
+        _KNOWN_NEFFS[key] = path
+        if self.on_compile is not None:
+            self.on_compile(module.name, key, seconds)
+        return Neff(key, path, module.name)
+
+    def _run_compiler(self, module: Module, hlo_bytes: bytes, key: str, executable: str) -> tuple[Path, float]:
         workdir = Path(tempfile.mkdtemp(prefix=f"neuronx-cc-{module.name}-"))
         hlo_path, neff_path = workdir / "model.hlo.pb", workdir / "model.neff"
         hlo_path.write_bytes(hlo_bytes)
@@ -256,12 +367,11 @@ class NeuronCompiler:
         if not neff_path.is_file() or neff_path.stat().st_size == 0:
             raise RuntimeError(f"neuronx-cc exited 0 but wrote no NEFF at {neff_path} for {module.name!r}. "
                                f"Command: {shlex.join(command)}")
-        self.compile_count += 1
         seconds = time.perf_counter() - start
         meta = {"module": module.name, "target": self.target, "tp_degree": self.tp_degree,
-                "neuronx_cc": installed_compiler_version(), "command": command[1:], "seconds": round(seconds, 3)}
+                "neuronx_cc": self.version(), "command": command[1:], "seconds": round(seconds, 3)}
         path = self.store.put(key, neff_path, meta)
         shutil.rmtree(workdir, ignore_errors=True)
         log.info("neuronx-cc compiled %s for %s tp=%d in %.1fs -> %s", module.name, self.target, self.tp_degree,
                  seconds, path)
-        return Neff(key, path, module.name)
+        return path, seconds

@@ -47,7 +47,7 @@ NUM_CORES_ENV = "NEURON_RT_NUM_CORES"
 NEURON_PIP = "--extra-index-url=https://pip.repos.neuron.amazonaws.com"
 INSTALL_PJRT = f"pip install 'jax-neuronx[stable]' {NEURON_PIP}"
 INSTALL_COMPILER = f"pip install 'neuronx-cc==2.*' {NEURON_PIP}"
-INSTALL_TORCH_NEURONX = f"pip install torch-neuronx 'neuronx-cc==2.*' {NEURON_PIP}"
+INSTALL_TORCH_NEURONX = f"pip install 'torch-neuronx==2.9.*' 'neuronx-cc==2.*' {NEURON_PIP}"  # XLA-based, inf2/trn1
 
 
 @dataclass(frozen=True)

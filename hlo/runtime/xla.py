@@ -2,8 +2,9 @@
 
 Tensor parallelism uses one device per rank, the module compiled with `num_replicas = tp_degree`; collectives are
 XLA's own cross-replica ops. On CPU the devices are virtual (`jax_num_cpu_devices`), so tp_degree=8 runs on a laptop.
-Compiled programs are cached by the hash of the module and the compile setting: in the process, and on disk when a
-`cache_dir` is given (PJRT serialized executables).
+Compiled programs are cached by the hash of the module and the compile setting (`artifact_key`): in the process, and
+in a store on disk when one is given (`cache_dir`, `use_store`): PJRT serialized executables, or the HLO where PJRT
+cannot serialize the executable (PJRT CPU cannot serialize a sort's comparator), compiled when loaded.
 """
 
 from __future__ import annotations
@@ -11,15 +12,17 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import platform
 import tempfile
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
 from hlo.builder import Module
 from hlo.runtime import _jaxlib
-from hlo.runtime.base import DeviceTensor, Program, Runtime, RuntimeInputError, host_arrays
+from hlo.runtime.base import CompileEvent, DeviceTensor, Program, Runtime, RuntimeInputError, host_arrays
 from hlo.types import Shape, dtype_of
 
 log = logging.getLogger(__name__)
@@ -27,11 +30,45 @@ log = logging.getLogger(__name__)
 # backend -> jax platform. "neuron": NeuronCores through the Neuron PJRT plugin (libneuronxla), used by
 # hlo.runtime.neuron's pjrt route; construct it through get_runtime("neuron", ...), which checks tp and core placement.
 _PLATFORMS = {"xla-cpu": "cpu", "xla-gpu": "gpu", "neuron": "neuron"}
-_EXECUTABLES: dict[str, object] = {}  # in-process compile cache: key -> loaded executable
+HLO_SUFFIX = ".hlo.pb"  # a stored program the backend cannot serialize: its HloModuleProto, compiled when loaded
+_EXECUTABLES: dict[str, object] = {}  # in-process compile cache: key|device ids -> loaded executable
+
+
+def clear_compile_cache() -> None:
+    """Forget every program compiled in this process, for every runtime (stores on disk stay)."""
+    _EXECUTABLES.clear()
+
+
+def host_cpu_features(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> tuple[str, ...]:
+    """The host CPU's instruction-set features (x86 `flags`, Arm `Features` of /proc/cpuinfo), sorted; where that file
+    is missing, the machine and processor names. XLA CPU compiles for the host's features, so they are part of the key
+    of a stored CPU executable: one copied to a CPU without them would die with SIGILL instead of recompiling."""
+    try:
+        for line in Path(cpuinfo).read_text(errors="replace").splitlines():
+            name, _, value = line.partition(":")
+            if name.strip() in ("flags", "Features"):
+                return tuple(sorted(set(value.split())))
+    except OSError:
+        pass
+    return (platform.machine(), platform.processor())
+
+
+def executable_key(module_bytes: bytes, platform_name: str, tp_degree: int, jax_version: str, device_kind: str,
+                   cpu_features: Sequence[str] = ()) -> str:
+    """The store key of a compiled XLA program: its HLO, platform, tp, jaxlib, device kind and, on CPU, the CPU's
+    features (`host_cpu_features()`)."""
+    h = hashlib.sha256(module_bytes)
+    h.update(f"|{platform_name}|tp={tp_degree}|jaxlib={jax_version}|{device_kind}".encode())
+    if cpu_features:
+        h.update(("|cpu=" + " ".join(sorted(cpu_features))).encode())
+    return h.hexdigest()[:32]
 
 
 class XlaRuntime(Runtime):
-    def __init__(self, backend: str = "xla-cpu", tp_degree: int = 1, cache_dir: str | os.PathLike | None = None):
+    def __init__(self, backend: str = "xla-cpu", tp_degree: int = 1, cache_dir: str | os.PathLike | None = None,
+                 store_executables: bool = True):
+        """`cache_dir`: the store (see `use_store`). `store_executables=False` stores every program as its HLO,
+        compiled when loaded (for a PJRT plugin whose serialized executables are not to be relied on)."""
         if backend not in _PLATFORMS:
             raise ValueError(f"unknown XLA backend {backend!r}; choose one of {sorted(_PLATFORMS)}")
         if not isinstance(tp_degree, int) or tp_degree < 1:
@@ -52,61 +89,97 @@ class XlaRuntime(Runtime):
                              f"but jax sees {len(devs)}: {hint}")
         self.devices = devs[:tp_degree]
         self.replicas = _jaxlib.Replicas(self.devices)
-        self.cache_dir = Path(cache_dir) if cache_dir else None
-        self.compile_count = 0  # real compiles by this runtime (not cache hits)
+        self._cpu_features = host_cpu_features() if self.platform == "cpu" else ()
+        self.store_executables = store_executables
+        self.use_store(cache_dir or None)
 
     # ------------------------------------------------------------------------------------------------ compile
-    def cache_key(self, module: Module) -> str:
-        h = hashlib.sha256(module.serialize())
-        h.update(f"|{self.platform}|tp={self.tp_degree}|jaxlib={_jaxlib.jax.__version__}".encode())
-        h.update(str(self.devices[0].device_kind).encode())
-        return h.hexdigest()[:32]
+    def artifact_key(self, module: Module) -> str:
+        return executable_key(module.serialize(), self.platform, self.tp_degree, _jaxlib.jax.__version__,
+                              str(self.devices[0].device_kind), self._cpu_features)
+
+    def versions(self) -> dict[str, str]:
+        return _jaxlib.versions()
+
+    def clear_cache(self) -> None:
+        suffix = "|" + ",".join(str(d.id) for d in self.devices)
+        for key in [k for k in _EXECUTABLES if k.endswith(suffix)]:
+            _EXECUTABLES.pop(key, None)
 
     def compile(self, module: Module) -> Program:
-        key = self.cache_key(module)
+        key = self.artifact_key(module)
         memory_key = key + "|" + ",".join(str(d.id) for d in self.devices)
         executable = _EXECUTABLES.get(memory_key)
         if executable is None:
-            executable = self._load(key)  # a readable copy in cache_dir
+            executable = self._load(module, key)  # from the store
             if executable is None:
-                executable = self._compile(module, key)
-                if self.cache_dir is not None:
-                    self._store(key, _jaxlib.serialize(executable))  # new, or replacing an unreadable file
+                executable = self._compile(module, key, CompileEvent.NEW)
+                self._persist(module, key, executable, replace=True)  # new, or replacing an unreadable file
             _EXECUTABLES[memory_key] = executable
-        elif self.cache_dir is not None and not self._path(key).exists():
-            self._store(key, _jaxlib.serialize(executable))  # compiled earlier in this process: persist it too
+        else:
+            self._persist(module, key, executable)  # compiled earlier in this process: into the store too
         return Program(self, module, executable)
 
-    def _compile(self, module: Module, key: str):
+    def _compile(self, module: Module, key: str, reason: str):
         start = time.perf_counter()
         try:
             executable = _jaxlib.compile_replicated(_jaxlib.to_stablehlo(module.serialize()), self.devices,
                                                     self.tp_degree)
         except _jaxlib.XlaRuntimeError as e:
             raise RuntimeError(f"XLA could not compile program {module.name!r}: {e}") from e
-        self.compile_count += 1
-        log.info("compiled %s for %s tp=%d in %.2fs", module.name, self.backend, self.tp_degree,
-                 time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        log.info("compiled %s for %s tp=%d in %.2fs", module.name, self.backend, self.tp_degree, seconds)
+        self._compiled(CompileEvent(module.name, key, seconds, reason))
         return executable
 
-    def _path(self, key: str) -> Path:
-        return self.cache_dir / f"{key}.pjrt"
+    def _path(self, key: str, suffix: str = ".pjrt") -> Path:
+        return self.store_dir / f"{key}{suffix}"
 
-    def _load(self, key: str):
-        if self.cache_dir is None or not self._path(key).exists():
+    def is_stored(self, module: Module) -> bool:
+        """Whether the store holds `module`'s program (an executable, or its HLO where the backend cannot
+        serialize it)."""
+        key = self.artifact_key(module)
+        return self.store_dir is not None and (self._path(key).exists() or self._path(key, HLO_SUFFIX).exists())
+
+    def _load(self, module: Module, key: str):
+        if self.store_dir is None:
             return None
+        if self._path(key).exists():
+            try:
+                return _jaxlib.deserialize(self._path(key).read_bytes(), self.devices)
+            except Exception as e:  # a stale or foreign file: recompile rather than fail
+                log.warning("ignoring unreadable cached executable %s: %s", self._path(key), e)
+                return None
+        if self._path(key, HLO_SUFFIX).exists():
+            log.info("program %s is stored as HLO (%s cannot serialize its executable): compiling it", module.name,
+                     self.backend)
+            return self._compile(module, key, CompileEvent.STORED_AS_HLO)
+        return None
+
+    def _persist(self, module: Module, key: str, executable, replace: bool = False) -> None:
+        if self.store_dir is None:
+            return
+        if not replace and (self._path(key).exists() or self._path(key, HLO_SUFFIX).exists()):
+            return
+        if not self.store_executables:
+            self._store(key + HLO_SUFFIX, module.serialize())
+            return
         try:
-            return _jaxlib.deserialize(self._path(key).read_bytes(), self.devices)
-        except Exception as e:  # a stale or foreign file: recompile rather than fail
-            log.warning("ignoring unreadable cached executable %s: %s", self._path(key), e)
-            return None
+            blob = _jaxlib.serialize(executable)
+        except _jaxlib.XlaRuntimeError as e:
+            # e.g. PJRT CPU: "UNIMPLEMENTED: 'LessThan' is not serializable", seen for the sampling head
+            log.info("program %s: %s cannot serialize its executable (%s); storing its HLO, compiled when loaded",
+                     module.name, self.backend, str(e).splitlines()[0])
+            self._store(key + HLO_SUFFIX, module.serialize())
+            return
+        self._store(key + ".pjrt", blob)
 
-    def _store(self, key: str, blob: bytes) -> None:
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=f".{key}.", suffix=".tmp")
+    def _store(self, name: str, blob: bytes) -> None:
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.store_dir, prefix=f".{name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             f.write(blob)
-        os.replace(tmp, self._path(key))  # atomic: concurrent writers leave one whole file
+        os.replace(tmp, self.store_dir / name)  # atomic: concurrent writers leave one whole file
 
     # ------------------------------------------------------------------------------------------------- data
     def put(self, value) -> DeviceTensor:

@@ -175,7 +175,7 @@ def _fresh_module(tag: float):
 
 
 def test_compile_cache_in_process(monkeypatch):
-    monkeypatch.setattr(xla_runtime, "_EXECUTABLES", {})
+    xla_runtime.clear_compile_cache()
     rt = XlaRuntime("xla-cpu", 1)
     assert rt.compile_count == 0
     module = _fresh_module(3.0)
@@ -197,7 +197,7 @@ def test_compile_cache_in_process(monkeypatch):
 
 
 def test_compile_cache_on_disk(monkeypatch, tmp_path):
-    monkeypatch.setattr(xla_runtime, "_EXECUTABLES", {})
+    xla_runtime.clear_compile_cache()
     first = get_runtime("xla-cpu", tp_degree=2, cache_dir=tmp_path)
     module = _fresh_module(5.0)
     first.compile(module)
@@ -206,7 +206,7 @@ def test_compile_cache_on_disk(monkeypatch, tmp_path):
     assert len(files) == 1 and files[0].stat().st_size > 0
     assert not list(tmp_path.glob(".*.tmp"))
 
-    monkeypatch.setattr(xla_runtime, "_EXECUTABLES", {})  # a new process, as far as the cache can tell
+    xla_runtime.clear_compile_cache()  # a new process, as far as the cache can tell
     second = XlaRuntime("xla-cpu", 2, cache_dir=tmp_path)
     program = second.compile(module)
     assert second.compile_count == 0  # loaded from disk
@@ -217,23 +217,23 @@ def test_compile_cache_on_disk(monkeypatch, tmp_path):
 
 
 def test_compile_cache_on_disk_ignores_a_corrupt_file(monkeypatch, tmp_path):
-    monkeypatch.setattr(xla_runtime, "_EXECUTABLES", {})
+    xla_runtime.clear_compile_cache()
     rt = XlaRuntime("xla-cpu", 1, cache_dir=tmp_path)
     module = _fresh_module(6.0)
-    (tmp_path / f"{rt.cache_key(module)}.pjrt").write_bytes(b"not an executable")
+    (tmp_path / f"{rt.artifact_key(module)}.pjrt").write_bytes(b"not an executable")
     program = rt.compile(module)
     assert rt.compile_count == 1
     np.testing.assert_array_equal(program(x=np.ones(3, np.float32))["y"].numpy(), np.full(3, 7.0, np.float32))
 
 
 def test_compile_cache_on_disk_repairs_a_corrupt_file(monkeypatch, tmp_path):
-    monkeypatch.setattr(xla_runtime, "_EXECUTABLES", {})
+    xla_runtime.clear_compile_cache()
     rt = XlaRuntime("xla-cpu", 1, cache_dir=tmp_path)
     module = _fresh_module(7.0)
-    (tmp_path / f"{rt.cache_key(module)}.pjrt").write_bytes(b"not an executable")
+    (tmp_path / f"{rt.artifact_key(module)}.pjrt").write_bytes(b"not an executable")
     rt.compile(module)
     assert rt.compile_count == 1
-    monkeypatch.setattr(xla_runtime, "_EXECUTABLES", {})
+    xla_runtime.clear_compile_cache()
     again = XlaRuntime("xla-cpu", 1, cache_dir=tmp_path)
     program = again.compile(module)
     assert again.compile_count == 0  # the recompiled executable replaced the unreadable file
@@ -242,23 +242,77 @@ def test_compile_cache_on_disk_repairs_a_corrupt_file(monkeypatch, tmp_path):
 
 def test_compile_cache_on_disk_written_on_in_memory_hit(monkeypatch, tmp_path):
     """A runtime with a cache_dir persists a program even when this process compiled it before, without a cache_dir."""
-    monkeypatch.setattr(xla_runtime, "_EXECUTABLES", {})
+    xla_runtime.clear_compile_cache()
     module = _fresh_module(8.0)
     XlaRuntime("xla-cpu", 1).compile(module)
     XlaRuntime("xla-cpu", 1, cache_dir=tmp_path).compile(module)
-    monkeypatch.setattr(xla_runtime, "_EXECUTABLES", {})
+    xla_runtime.clear_compile_cache()
     fresh = XlaRuntime("xla-cpu", 1, cache_dir=tmp_path)
     program = fresh.compile(module)
     assert fresh.compile_count == 0
     np.testing.assert_array_equal(program(x=np.ones(3, np.float32))["y"].numpy(), np.full(3, 9.0, np.float32))
 
 
-def test_cache_key_depends_on_module_and_tp(runtimes):
+def test_artifact_key_depends_on_module_and_tp(runtimes):
     a, b = _fresh_module(1.0), _fresh_module(2.0)
     rt1, rt2 = runtimes(1), runtimes(2)
-    assert rt1.cache_key(a) == rt1.cache_key(_fresh_module(1.0))
-    assert rt1.cache_key(a) != rt1.cache_key(b)
-    assert rt1.cache_key(a) != rt2.cache_key(a)
+    assert rt1.artifact_key(a) == rt1.artifact_key(_fresh_module(1.0))
+    assert rt1.artifact_key(a) != rt1.artifact_key(b)
+    assert rt1.artifact_key(a) != rt2.artifact_key(a)
+
+
+def test_artifact_key_carries_the_cpu_features(tmp_path):
+    """A store copied to a CPU without the features its executables were compiled for is not loaded (SIGILL)."""
+    module = _fresh_module(1.5).serialize()
+    avx512 = xla_runtime.executable_key(module, "cpu", 1, "0.10.2", "cpu", ("sse4_2", "avx2", "avx512f"))
+    avx2 = xla_runtime.executable_key(module, "cpu", 1, "0.10.2", "cpu", ("sse4_2", "avx2"))
+    assert avx512 != avx2
+    assert avx2 == xla_runtime.executable_key(module, "cpu", 1, "0.10.2", "cpu", ("avx2", "sse4_2"))  # a set
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: sse4_2 avx2 fpu\n\nprocessor\t: 1\nflags\t\t: sse4_2 avx2 fpu\n")
+    assert xla_runtime.host_cpu_features(cpuinfo) == ("avx2", "fpu", "sse4_2")
+    rt = XlaRuntime("xla-cpu", 1)
+    here = xla_runtime.executable_key(module, "cpu", 1, rt.versions()["jaxlib"], str(rt.devices[0].device_kind),
+                                      xla_runtime.host_cpu_features())
+    assert rt.artifact_key(_fresh_module(1.5)) == here
+
+
+def test_a_program_stored_as_hlo_is_compiled_on_load(tmp_path, caplog):
+    """What a store holds for a program the backend cannot serialize (PJRT CPU has refused the sampling head:
+    "'LessThan' is not serializable"): its HLO, compiled when loaded, with a log line and a compile event saying so.
+    `store_executables=False` takes that route for every program."""
+    xla_runtime.clear_compile_cache()
+    rt = XlaRuntime("xla-cpu", 1, store_executables=False)
+    events = []
+    rt.add_compile_observer(events.append)
+    module = _fresh_module(12.0)
+    rt.compile(module)                                           # compiled before any store is set
+    assert not rt.is_stored(module)
+    rt.use_store(tmp_path)
+    rt.compile(module)                                           # an in-memory hit, written to the store now
+    assert rt.is_stored(module) and [e.reason for e in events] == ["new"]
+    key = rt.artifact_key(module)
+    assert (tmp_path / f"{key}.hlo.pb").read_bytes() == module.serialize()
+    assert not (tmp_path / f"{key}.pjrt").exists()
+
+    xla_runtime.clear_compile_cache()                            # a new process
+    fresh = XlaRuntime("xla-cpu", 1, cache_dir=tmp_path)
+    fresh.add_compile_observer(events.append)
+    with caplog.at_level("INFO", logger="hlo.runtime.xla"):
+        program = fresh.compile(module)
+    assert [e.reason for e in events] == ["new", "stored as HLO"] and fresh.compile_count == 1
+    assert f"program {module.name} is stored as HLO" in caplog.text
+    assert not (tmp_path / f"{key}.pjrt").exists()               # the store is not rewritten on load
+    np.testing.assert_array_equal(program(x=np.ones(3, np.float32))["y"].numpy(), np.full(3, 13.0, np.float32))
+
+
+def test_clear_cache_forgets_only_this_runtimes_devices():
+    module = _fresh_module(11.0)
+    one, two = XlaRuntime("xla-cpu", 1), XlaRuntime("xla-cpu", 2)
+    one.compile(module), two.compile(module)
+    one.clear_cache()
+    one.compile(module), two.compile(module)
+    assert one.compile_count == 2 and two.compile_count == 1
 
 
 def test_compile_error_is_runtime_error(runtimes):
