@@ -13,7 +13,8 @@ def test_default_shape_lists_no_prefix_program_that_never_runs(tiny_checkpoint):
     keys = model.program_builders()
     prefix = [k for k in keys if k.kind == "decoder" and k.new_tokens == 2]
     assert {k.target_len for k in prefix} == {64}                        # the two-token prefix runs only at position 0
-    assert len(keys) == 4 * 2 + 4 * 3 * 2 + 4 * 2                # encoder + reorder, 1-token steps, prefixes: 40
+    heads = 3                                                          # logits, greedy, sample
+    assert len(keys) == 4 * 2 + 4 * 3 * heads + 4 * heads            # encoder + reorder, 1-token steps, prefixes: 56
 
 
 def test_save_compiles_exactly_the_listed_programs_and_generation_needs_no_other(tiny_checkpoint, tmp_path):
