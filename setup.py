@@ -21,7 +21,8 @@ setup(
         "tqdm",
     ],
     extras_require={
-        "test": ["pytest"],
+        "test": ["pytest", "httpx", "starlette", "uvicorn", "prometheus-client"],  # tests start the real server
+        "serve": ["starlette", "uvicorn", "prometheus-client"],
         "bench": ["ctranslate2", "matplotlib"],
         # The real Neuron packages come from AWS's index (see README: Running on trn1/inf2); PyPI has placeholders.
         "neuron": ["neuronx-cc", "torch-neuronx", "libneuronxla"],
