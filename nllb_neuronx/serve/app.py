@@ -105,7 +105,9 @@ class _Api:
     async def ready(self, request: Request) -> Response:
         if self.holder.service is not None:
             self.metrics.ready.set(1)
-            return JSONResponse({"status": "ready", "model": self.holder.service.model_name})
+            service = self.holder.service
+            return JSONResponse({"status": "ready", "model": service.model_name,
+                                 "engine": type(service.engine).__name__})
         if self.holder.error is not None:
             return JSONResponse({"status": "failed", "error": f"loading the model failed: {self.holder.error}"}, 503)
         return JSONResponse({"status": "loading"}, 503, headers=self.retry_after)
