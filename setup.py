@@ -23,6 +23,7 @@ setup(
     extras_require={
         "test": ["pytest", "httpx", "starlette", "uvicorn", "prometheus-client"],  # tests start the real server
         "serve": ["starlette", "uvicorn", "prometheus-client"],
+        "ray": ["ray[serve]", "starlette", "uvicorn", "prometheus-client"],  # nllb-neuronx serve --ray
         "bench": ["ctranslate2", "matplotlib"],
         # The real Neuron packages come from AWS's index (see README: Running on trn1/inf2); PyPI has placeholders.
         "neuron": ["neuronx-cc", "torch-neuronx", "libneuronxla"],
