@@ -30,8 +30,8 @@ class ServerMetrics:
         self.input_tokens = Counter("nllb_input_tokens", "Source tokens of translated lines", registry=r)
         self.output_tokens = Counter("nllb_generated_tokens", "Tokens generated after the language token",
                                      registry=r)
-        self.cancelled = Counter("nllb_lines_cancelled", "Lines withdrawn from the engine before they finished, "
-                                 "by reason", ["reason"], registry=r)
+        self.cancelled = Counter("nllb_lines_cancelled", "Lines withdrawn from the engine before they finished, or "
+                                 "refused: reason timeout, disconnect or overload", ["reason"], registry=r)
         self.queue_depth = Gauge("nllb_queue_depth", "Lines waiting for a batch slot", registry=r)
         self.active_slots = Gauge("nllb_active_slots", "Batch slots decoding now", registry=r)
         self.slots = Gauge("nllb_slots", "Batch slots (the compiled batch size)", registry=r)

@@ -69,6 +69,8 @@ def load_service(options: ServeOptions) -> TranslationService:
     service = TranslationService(engine, tokenizer, model, max_lines=options.max_queue)
     code = service.language_codes()[0]
     service.translate(["Hello."], code, code, TranslationOptions(max_new_tokens=2))  # the engine's own programs
+    if model.batch_size > 1:                                                          # and beam search's
+        service.translate(["Hello."], code, code, TranslationOptions(num_beams=2, max_new_tokens=2))
     log.info("model %s ready in %.1f s (%s)", service.model_name, time.perf_counter() - start, type(engine).__name__)
     return service
 

@@ -169,11 +169,16 @@ class TranslationService:
     def translate(self, texts: Sequence[str], source: str, target: str | Sequence[str],
                   options: TranslationOptions = TranslationOptions(), timeout: float | None = None) \
             -> TranslationResult:
-        """Blocking: prepare, submit, wait (cancelling every line on a timeout), finish."""
+        """Blocking: prepare, submit, wait at most `timeout` seconds in all (then every line is withdrawn and
+        concurrent.futures.TimeoutError raised), finish."""
+        import time
+
         job = self.prepare(texts, source, target, options)
         futures = self.submit(job)
+        deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            return self.finish(job, [f.result(timeout) for f in futures])
+            return self.finish(job, [f.result(None if deadline is None else max(0.0, deadline - time.monotonic()))
+                                     for f in futures])
         finally:
             for f in futures:
                 f.cancel()
