@@ -9,7 +9,8 @@ parameters; a seeded sampling request runs alone, so its draws do not depend on 
 `max_wait_s` for a batch to fill, runs them through `model.sample()` (greedy or sampled, a forced language token per
 row) or, for beams, HF `generate()` through the adapter, and resolves their futures. Rows that finish early wait for
 the batch's longest row: this is continuous batching off, the baseline `SlotEngine` is measured against.
-`future.cancel()` withdraws a request that has not started; a running batch is not interrupted.
+`future.cancel()` withdraws a request that has not started; a running batch is not interrupted. A bad request fails
+its future with ValueError.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from nllb_neuronx.engine_api import EngineStats, GenerationRequest, QueueFull, SamplingParams
+from nllb_neuronx.engine_api import EngineClosed, EngineStats, GenerationRequest, QueueFull, SamplingParams
 from nllb_neuronx.model import NLLBForSampling
 
 log = logging.getLogger(__name__)
@@ -53,12 +54,18 @@ class BatchEngine:
 
     # --------------------------------------------------------------------------------------------- public API
     def submit(self, request: GenerationRequest) -> concurrent.futures.Future:
-        self._validate(request)
+        """Queue one request; a bad one fails its future with ValueError (as SlotEngine does)."""
         future: concurrent.futures.Future = concurrent.futures.Future()
+        try:
+            self._validate(request)
+        except ValueError as error:
+            future.set_running_or_notify_cancel()
+            future.set_exception(error)
+            return future
         pending = _Pending(request, future)
         with self._cond:
             if self._closed:
-                raise RuntimeError("the engine is closed: it takes no new requests")
+                raise EngineClosed("the engine is closed: it takes no new requests")
             if self.max_queue is not None and len(self._queue) >= self.max_queue:
                 raise QueueFull(f"the engine queue holds {len(self._queue)} requests (max_queue={self.max_queue})")
             self._queue.append(pending)
@@ -112,9 +119,6 @@ class BatchEngine:
                              f"got {r.num_beams}")
         if r.num_beams > 1 and r.sampling is not None:
             raise ValueError("beam search with sampling is not supported: give num_beams=1 or no sampling")
-        s = r.sampling
-        if s is not None and not (s.temperature > 0 and 0 < s.top_p <= 1 and s.top_k >= 0):
-            raise ValueError(f"sampling needs temperature > 0, 0 < top_p <= 1 and top_k >= 0, got {s}")
 
     # ------------------------------------------------------------------------------------------------ worker
     def _withdraw(self, pending: _Pending) -> None:

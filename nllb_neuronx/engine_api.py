@@ -1,10 +1,4 @@
-"""What a generation engine takes, gives and reports: the contract the server, Ray and the CLI code against.
-
-Two engines keep it: `SlotEngine` (nllb_neuronx/engine.py, continuous batching: slots refilled between decode steps)
-and `BatchEngine` (nllb_neuronx/batch_engine.py, one lockstep batch at a time). A request is one line's token ids;
-its result is the int64 ids HF `generate()` gives for that line alone: decoder start, the forced language token,
-the generated tokens up to and including EOS (or up to `max_new_tokens`, the forced token counted).
-"""
+"""The slot engine's public types: requests, sampling parameters, statistics, errors (`engine.py` runs them)."""
 
 from __future__ import annotations
 
@@ -15,22 +9,37 @@ from typing import Iterable, Iterator, Protocol, Sequence
 import numpy as np
 
 
+class QueueFull(RuntimeError):
+    """The engine's request queue holds `max_queue` requests already: retry later, or use `generate()`, which waits."""
+
+
+class EngineClosed(RuntimeError):
+    """The engine was closed: it accepts no more requests."""
+
+
 @dataclass(frozen=True)
 class SamplingParams:
-    """Draw each token from softmax(logits / temperature) within the `top_k` (0: all) most likely tokens and the
-    `top_p` nucleus; `seed` makes the draws reproducible."""
+    """Per-request sampling: softmax(logits / temperature) within the top_k (0: all) most likely tokens and the
+    top_p nucleus, from a generator seeded with `seed`."""
 
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
     seed: int | None = None
 
+    def __post_init__(self):
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must lie in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be 0 (no limit) or positive, got {self.top_k}")
+
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    """One line: source token ids (language tag and EOS included, as the tokenizer gives them), the forced
-    target-language token (None: none), the most tokens to generate (the forced token counted, as in HF), greedy
-    (`sampling=None`) or sampled, `num_beams` > 1 for beam search."""
+    """One line to translate. `input_ids`: source ids as the tokenizer gives them (language code ... </s>), no
+    padding. `forced_bos_token_id`: the target language token (None: the model chooses its first token)."""
 
     input_ids: Sequence[int]
     forced_bos_token_id: int | None
@@ -41,8 +50,7 @@ class GenerationRequest:
 
 @dataclass(frozen=True)
 class EngineStats:
-    """A snapshot: batch rows (slots), rows decoding now, requests waiting, and the slot-steps that produced a
-    token against all slot-steps run so far."""
+    """A snapshot: slots in all and in use, requests waiting, and slot-steps spent (useful: a request's row)."""
 
     slots: int
     active_slots: int
@@ -52,23 +60,25 @@ class EngineStats:
 
     @property
     def occupancy(self) -> float:
+        """Useful slot-steps / all slot-steps (0.0 before the first step)."""
         return self.useful_slot_steps / self.slot_steps if self.slot_steps else 0.0
 
 
-class QueueFull(Exception):
-    """The engine's queue holds `max_queue` requests already: try again later (a server answers 503)."""
-
-
 class Engine(Protocol):
+    """What the server, the CLI and Ray code against: SlotEngine (engine.py, continuous batching) and BatchEngine
+    (batch_engine.py, one lockstep batch at a time) both keep it. A result is the int64 ids HF generate() gives for
+    that line alone."""
+
     def submit(self, request: GenerationRequest) -> concurrent.futures.Future:
-        """Queue one request (thread-safe); the future's result is its ids (np.ndarray int64). `future.cancel()`
-        withdraws it and frees its slots. Raises QueueFull when the queue is full, ValueError for a bad request."""
+        """Queue one request (thread-safe). A bad request fails its future with ValueError (NotImplementedError for
+        what the engine does not do); `future.cancel()` withdraws it and frees its slots. Raises QueueFull when the
+        queue is full, EngineClosed after close()."""
 
     def generate(self, requests: Iterable[GenerationRequest]) -> Iterator[np.ndarray]:
-        """Every request's ids, in input order, as soon as a prefix is done (waits, never fails, on a full queue)."""
+        """Every request's ids, in input order, as soon as a prefix is done (waits on a full queue, never fails)."""
 
     def stats(self) -> EngineStats:
         ...
 
     def close(self, drain: bool = True) -> None:
-        """Stop taking requests; `drain=True` finishes the queued and running ones, else cancels the queued."""
+        """Stop taking requests; `drain=True` finishes the queued and running ones, else cancels them."""

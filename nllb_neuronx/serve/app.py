@@ -4,7 +4,8 @@
     app = create_app(loader=load_service)                      # loads in a thread; /ready says 503 until it is done
 
 Endpoints: POST /translate (LibreTranslate), POST /v1/translate, GET /languages, /health, /ready, /metrics.
-Every accepted request is answered once: 200, 400 (a bad request, naming the problem), 503 with Retry-After (the
+Every accepted request is answered once: 200, 400 (a bad request, naming the problem; 501 for what the engine
+does not do, e.g. sampling in an engine without it), 503 with Retry-After (the
 queue is full, the model is loading, or the server is stopping), 504 (past the request timeout; its lines are
 withdrawn from the engine), 500 (the engine failed). A client that disconnects has its lines withdrawn too.
 """
@@ -25,7 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from nllb_neuronx.engine_api import QueueFull
+from nllb_neuronx.engine_api import EngineClosed, QueueFull
 from nllb_neuronx.serve.metrics import ServerMetrics
 from nllb_neuronx.serve.schema import TranslateCall, parse_libretranslate, parse_v1
 from nllb_neuronx.serve.service import RequestError, TranslationService
@@ -55,8 +56,9 @@ class ServiceHolder:
     def load(self, loader: Callable[[], TranslationService], on_error: Callable[[], None] | None = None) -> None:
         try:
             self.service = loader()
-        except BaseException as e:  # reported by /ready and by the server's exit
-            log.exception("loading the model failed")
+        except BaseException as e:  # reported by /ready and by the server's exit (the CLI prints bad input's reason)
+            if not isinstance(e, (ValueError, FileNotFoundError)):
+                log.exception("loading the model failed")
             self.error = e
             if on_error is not None:
                 on_error()
@@ -171,11 +173,14 @@ class _Api:
         except QueueFull:
             self.metrics.cancelled.labels("overload").inc(len(job.requests))
             raise _Answer(503, "the server is at capacity (its queue is full); retry later", self.retry_after) from None
-        except ValueError as e:
-            raise _Answer(400, str(e)) from None
-        except RuntimeError:
+        except EngineClosed:
             raise _Answer(503, "the server is shutting down", self.retry_after) from None
-        outputs = await self._wait(request, futures)
+        try:
+            outputs = await self._wait(request, futures)
+        except ValueError as e:                  # the engine refused a line
+            raise _Answer(400, str(e)) from None
+        except NotImplementedError as e:
+            raise _Answer(501, str(e)) from None
         result = service.finish(job, outputs)
         self.metrics.lines.inc(len(job.requests))
         self.metrics.input_tokens.inc(result.input_tokens)

@@ -64,16 +64,13 @@ def _sampling(value) -> SamplingParams | None:
     if unknown:
         raise RequestError(f"unknown sampling field(s) {', '.join(map(repr, unknown))}; known: "
                            f"{', '.join(SAMPLING_FIELDS)}")
-    params = SamplingParams(temperature=_number(value, "temperature", 1.0, "sampling."),
-                            top_k=_int(value, "top_k", 0, "sampling."),
-                            top_p=_number(value, "top_p", 1.0, "sampling."),
-                            seed=_int(value, "seed", None, "sampling."))
-    if not params.temperature > 0:
-        raise RequestError(f"sampling.temperature must be positive, got {params.temperature}")
-    if not 0 < params.top_p <= 1:
-        raise RequestError(f"sampling.top_p must lie in (0, 1], got {params.top_p}")
-    if params.top_k < 0:
-        raise RequestError(f"sampling.top_k must be 0 (no limit) or positive, got {params.top_k}")
+    try:
+        params = SamplingParams(temperature=_number(value, "temperature", 1.0, "sampling."),
+                                top_k=_int(value, "top_k", 0, "sampling."),
+                                top_p=_number(value, "top_p", 1.0, "sampling."),
+                                seed=_int(value, "seed", None, "sampling."))
+    except ValueError as e:  # SamplingParams checks its ranges
+        raise RequestError(f"sampling.{e}") from None
     return params
 
 

@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from nllb_neuronx.engine_api import Engine, GenerationRequest, QueueFull, SamplingParams
+from nllb_neuronx.engine_api import Engine, GenerationRequest, SamplingParams
 from nllb_neuronx.model import NLLBForSampling
 from nllb_neuronx.translator import Translator
 
@@ -151,7 +151,7 @@ class TranslationService:
         try:
             for request in job.requests:
                 futures.append(self.engine.submit(request))
-        except (QueueFull, ValueError, RuntimeError):
+        except Exception:  # QueueFull, EngineClosed
             for f in futures:
                 f.cancel()
             raise
