@@ -70,7 +70,10 @@ def load_service(options: ServeOptions) -> TranslationService:
     code = service.language_codes()[0]
     service.translate(["Hello."], code, code, TranslationOptions(max_new_tokens=2))  # the engine's own programs
     if model.batch_size > 1:                                                          # and beam search's
-        service.translate(["Hello."], code, code, TranslationOptions(num_beams=2, max_new_tokens=2))
+        try:
+            service.translate(["Hello."], code, code, TranslationOptions(num_beams=2, max_new_tokens=2))
+        except NotImplementedError as e:
+            log.warning("beam search: %s", e)
     log.info("model %s ready in %.1f s (%s)", service.model_name, time.perf_counter() - start, type(engine).__name__)
     return service
 
