@@ -260,11 +260,11 @@ def test_past_the_request_timeout_is_504_and_frees_the_slots(servers):
 def test_sigterm_answers_the_requests_in_flight_and_exits_0(server):
     """Stops the main server: the last test to use it."""
     with ThreadPoolExecutor(1) as pool:
-        in_flight = pool.submit(v1, server, texts=BUSY * 4, source="eng_Latn", target="fra_Latn")  # 4 rounds
+        in_flight = pool.submit(v1, server, texts=BUSY * 16, source="eng_Latn", target="fra_Latn")  # 16 rounds
         assert server.busy_while(in_flight, "nllb_queue_depth"), "the request ended before the test saw it queued"
         server.process.send_signal(signal.SIGTERM)                   # lines decoding and lines queued
         answer = in_flight.result()
-    assert answer.status_code == 200 and len(answer.json()["translations"]) == 16
+    assert answer.status_code == 200 and len(answer.json()["translations"]) == 64
     try:
         assert server.process.wait(timeout=60) == 0
     except subprocess.TimeoutExpired:

@@ -1,8 +1,8 @@
 """`nllb-neuronx serve`: load, compile, and serve the app with uvicorn; SIGTERM drains and exits 0.
 
 The model loads in a thread while the server already answers /health (and /ready with 503); /ready says 200 once
-the programs are compiled (`warmup="compile"`: every program of the shape, or loaded from `compiled_dir`) and one
-short request went through the engine. On SIGTERM (or Ctrl+C) uvicorn stops accepting connections and waits for
+the programs are compiled (`warmup="compile"`: every program of the shape, or loaded from `compiled_dir`) and short
+requests (one line, a full batch, beams) went through the engine, which compiles the engine's own programs. On SIGTERM (or Ctrl+C) uvicorn stops accepting connections and waits for
 the requests in flight; then the engine finishes its queue and stops, and the process exits 0.
 """
 
@@ -68,7 +68,8 @@ def load_service(options: ServeOptions) -> TranslationService:
     engine = make_engine(model, options.max_queue, options.continuous_batching)
     service = TranslationService(engine, tokenizer, model, max_lines=options.max_queue)
     code = service.language_codes()[0]
-    service.translate(["Hello."], code, code, TranslationOptions(max_new_tokens=2))  # the engine's own programs
+    for lines in (1, model.batch_size):                       # the engine's own programs: one line, a full batch
+        service.translate(["Hello."] * lines, code, code, TranslationOptions(max_new_tokens=2))
     if model.batch_size > 1:                                                          # and beam search's
         try:
             service.translate(["Hello."], code, code, TranslationOptions(num_beams=2, max_new_tokens=2))
