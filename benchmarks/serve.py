@@ -206,9 +206,10 @@ def markdown_table(records: list[dict], meta: dict) -> str:
              "| mode | engine | clients | requests ok | errors | requests/s | lines/s | tokens/s | p50 ms | p99 ms |",
              "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in records:
-        lines.append(f"| {r['mode']} | {r['engine']} | {r['concurrency']} | {r['ok']}{' (capped)' if r['capped'] else ''}"
-                     f" | {r['errors']} | {num(r['requests_per_s'], 2)} | {num(r['lines_per_s'])} | "
-                     f"{num(r['tokens_per_s'])} | {num(r['p50_ms'], 0)} | {num(r['p99_ms'], 0)} |")
+        capped = " (capped)" if r["capped"] else ""
+        lines.append(f"| {r['mode']} | {r['engine']} | {r['concurrency']} | {r['ok']}{capped} | {r['errors']} | "
+                     f"{num(r['requests_per_s'], 2)} | {num(r['lines_per_s'])} | {num(r['tokens_per_s'])} | "
+                     f"{num(r['p50_ms'], 0)} | {num(r['p99_ms'], 0)} |")
     return "\n".join(lines)
 
 

@@ -2,8 +2,9 @@
 
 The model loads in a thread while the server already answers /health (and /ready with 503); /ready says 200 once
 the programs are compiled (`warmup="compile"`: every program of the shape, or loaded from `compiled_dir`) and short
-requests (one line, a full batch, beams) went through the engine, which compiles the engine's own programs. On SIGTERM (or Ctrl+C) uvicorn stops accepting connections and waits for
-the requests in flight; then the engine finishes its queue and stops, and the process exits 0.
+requests (one line, a full batch, beams) went through the engine, which compiles the engine's own programs. On
+SIGTERM (or Ctrl+C) uvicorn stops accepting connections and waits for the requests in flight; then the engine finishes
+its queue and stops, and the process exits 0.
 """
 
 from __future__ import annotations
