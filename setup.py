@@ -25,6 +25,7 @@ setup(
         "bench": ["ctranslate2", "matplotlib"],
         # The real Neuron packages come from AWS's index (see README: Running on trn1/inf2); PyPI has placeholders.
         "neuron": ["neuronx-cc", "torch-neuronx", "libneuronxla"],
+        "ray": ["ray[data]>=2.51"],  # nllb_neuronx.ray, `translate --ray`: ActorPoolStrategy(size=), explicit resources=
     },
     entry_points={"console_scripts": ["nllb-neuronx=nllb_neuronx.cli:main"]},
 )

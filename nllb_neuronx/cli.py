@@ -58,6 +58,11 @@ def _read_lines(stream) -> list[str]:
 
 
 def _translate(args) -> int:
+    if args.ray:  # Ray Data: one replica per actor (nllb_neuronx/ray.py)
+        from nllb_neuronx.ray import run_cli
+        return run_cli(args, _model_kwargs(args))
+    if args.input_format != "text":
+        raise InputError(f"--input-format {args.input_format} needs --ray in this version")
     from tqdm import tqdm
 
     from nllb_neuronx.translator import TextError, Translator
@@ -151,6 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--beams", type=int, default=1)
     tr.add_argument("--max-new-tokens", type=int, default=None)
     tr.add_argument("--split-long", action="store_true", help="split lines too long for the encoder into sentences")
+    # Ray Data (nllb_neuronx/ray.py)
+    tr.add_argument("--input-format", default="text", choices=["text", "jsonl"],
+                    help='jsonl: {"text": ..., "tgt_lang": ...} per line; output jsonl with "translation" added')
+    tr.add_argument("--ray", action="store_true", help="translate on a Ray cluster, one model replica per actor; "
+                                                       "-i may be a directory (then -o names an output directory)")
+    tr.add_argument("--replicas", type=int, default=1, help="with --ray: model replicas (Ray actors)")
+    tr.add_argument("--ray-address", default=None, help="with --ray: a Ray cluster's address (default: a local one)")
     co = sub.add_parser("compile", help="compile every program for every bucket and save them")
     _shape_options(co)
     co.add_argument("--out", required=True, help="artifacts directory")
