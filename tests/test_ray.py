@@ -99,19 +99,20 @@ def test_cli_ray_equals_plain_cli_over_a_directory(cluster, nllb_checkpoint, mod
     assert bad.returncode == 2 and b"is a directory: give an output directory with -o DIR" in bad.stderr
 
 
-def test_jsonl_rows_with_their_own_targets(cluster, nllb_checkpoint, model_kwargs, translator, tmp_path):
+def test_jsonl_rows_with_their_own_targets_then_a_line_too_long(cluster, nllb_checkpoint, model_kwargs, translator, tmp_path):
     rows = [{"text": "Hello world.", "tgt_lang": "deu_Latn", "n": 1}, {"text": "How are you?"}, None,
             {"text": "", "tgt_lang": "spa_Latn"}, {"text": "Fun cat?", "tgt_lang": "spa_Latn"}]
     src, dst = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
-    src.write_text("".join((json.dumps(r) if r else "") + "\n" for r in rows))
-    count = translate_files(str(src), str(dst), nllb_checkpoint[0], "eng_Latn", "fra_Latn", input_format="jsonl",
-                            model_kwargs=model_kwargs, translate_kwargs=dict(max_new_tokens=MAX_NEW))
-    assert count == len(rows)
+    too_long = {"text": "Hello world. " * 20}                        # last: the lines before it are written
+    src.write_text("".join((json.dumps(r) if r else "") + "\n" for r in rows + [too_long]))
+    with pytest.raises(ValueError, match=r"in.jsonl: line 6 has \d+ tokens, more than the largest encoder bucket"):
+        translate_files(str(src), str(dst), nllb_checkpoint[0], "eng_Latn", "fra_Latn", input_format="jsonl",
+                        model_kwargs=model_kwargs, translate_kwargs=dict(max_new_tokens=MAX_NEW))
     texts = [r["text"] if r else "" for r in rows]
     expected = translator.translate(texts, "eng_Latn", [(r or {}).get("tgt_lang", "fra_Latn") for r in rows],
                                     max_new_tokens=MAX_NEW)
     lines = dst.read_text().split("\n")[:-1]
-    assert lines[2] == ""
+    assert len(lines) == len(rows) and lines[2] == ""
     assert [json.loads(line) for line in lines if line] == [
         {**r, "translation": t} for r, t in zip(rows, expected) if r]
     src.write_text('{"text": "ok"}\n{"txt": "typo"}\n')
