@@ -150,6 +150,8 @@ def translate_dataset(ds, model: str, src_lang: str, tgt_lang: str | None = None
                                    translate_kwargs=translate_kwargs),
         batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=replicas),
         num_cpus=num_cpus_per_replica, resources=resources, udf_modifying_row_count=False)
+    # The sort's reducers hand their partitions on in ascending order (`preserve_partition_order=True` in
+    # ray/data/_internal/planner/plan_all_to_all_op.py), so iterating the result goes in id order.
     return translated.sort(ID)
 
 
