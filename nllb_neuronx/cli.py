@@ -110,6 +110,9 @@ def _translate(args) -> int:
     from nllb_neuronx.translator import LanguageCodes, TextError, Translator
 
     _check_numbers(args)
+    if args.ray:  # Ray Data: one replica per actor (nllb_neuronx/ray.py)
+        from nllb_neuronx.ray import run_cli
+        return run_cli(args, _model_kwargs(args))
     if args.input_format == "text" and not args.tgt:
         raise InputError("--tgt is required (with --input-format jsonl, each line may name its own tgt_lang)")
     tokenizer = _load_tokenizer(args.model)  # language codes come from the tokenizer: checked before any weight
@@ -268,6 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--input-format", choices=["text", "jsonl"], default="text",
                     help='jsonl: {"text": ..., "tgt_lang": ...} per line; each output line is the object with '
                          '"translation" added')
+    tr.add_argument("--ray", action="store_true", help="translate on a Ray cluster, one model replica per actor; "
+                                                       "-i may be a directory (then -o names an output directory)")
+    tr.add_argument("--replicas", type=int, default=1, help="with --ray: model replicas (Ray actors)")
+    tr.add_argument("--ray-address", default=None, help="with --ray: a Ray cluster's address (default: a local one)")
     co = sub.add_parser("compile", help="compile every program for every bucket and save them")
     _shape_options(co)
     co.add_argument("--out", required=True, help="artifacts directory")
