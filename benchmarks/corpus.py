@@ -53,6 +53,9 @@ def parse_args(argv=None):
     p.add_argument("--median-tokens", type=int, default=25)
     p.add_argument("--max-new-tokens", type=int, default=None,
                    help="generation limit for every engine (default 3 x --max-tokens + 8: the model stops first)")
+    p.add_argument("--warmup-batches", type=int, default=4,
+                   help="each engine first translates this many batches' worth of lines, spread over the lengths, "
+                        "untimed (compiles happen there; a record's programs_compiled counts any left for the run)")
     p.add_argument("--hf-lines", type=int, default=0, help="hf translates only this many lines (0: all)")
     p.add_argument("--tp", type=int, default=1, help="nllb_neuronx tensor-parallel degree")
     p.add_argument("--backend", default=None, help="nllb_neuronx backend (default: its own choice)")
@@ -77,8 +80,8 @@ def parse_args(argv=None):
     args.max_new_tokens = args.max_new_tokens or 3 * args.max_tokens + 8
     if args.max_tokens > trained_max:
         p.error(f"--max-tokens {args.max_tokens}: the {args.shape} model was trained on lines up to {trained_max}")
-    if min(args.batch_sizes) < 1 or args.lines < 1 or args.threads < 1 or args.max_tokens < 3:
-        p.error("--batch-sizes, --lines and --threads must be positive, --max-tokens at least 3")
+    if min(args.batch_sizes) < 1 or min(args.lines, args.threads, args.warmup_batches) < 1 or args.max_tokens < 3:
+        p.error("--batch-sizes, --lines, --threads and --warmup-batches must be positive, --max-tokens at least 3")
     return args
 
 
@@ -244,7 +247,8 @@ def main(argv=None) -> int:
                 "n_positions": buckets(args.max_new_tokens + 2, 64)}
         records = []
         for batch in args.batch_sizes:
-            warmup = sorted({order[round(k * (len(order) - 1) / max(1, batch - 1))] for k in range(batch)})
+            n = min(len(order), args.warmup_batches * batch)    # spread over the lengths: every bucket is met
+            warmup = sorted({order[round(k * (len(order) - 1) / max(1, n - 1))] for k in range(n)})
             for engine in args.engines:
                 record = {"engine": engine, "batch_size": batch, "shape": args.shape}
                 if skips.get(engine):

@@ -93,23 +93,30 @@ def run_slot_engine(job: dict, log) -> dict:
     model, load_s = load_nllb_neuronx(run)
     engine = SlotEngine(model)
 
+    before = {}
+
     def translate(indices, start):
-        requests = [GenerationRequest(input_ids=np.asarray(ids, np.int64), forced_bos_token_id=run.lang_id,
-                                      max_new_tokens=run.max_new) for ids in run.encode(run.texts[i] for i in indices)]
+        before["stats"] = engine.stats()                 # the engine's counters are cumulative: keep this run's
+        requests = [GenerationRequest(input_ids=ids, forced_bos_token_id=run.lang_id, max_new_tokens=run.max_new)
+                    for ids in run.encode(run.texts[i] for i in indices)]
         out = {}
-        for i, generated in zip(indices, engine.generate(requests)):
-            generated = np.asarray(generated).ravel().tolist()
-            out[i] = {**run.line(generated[generated.index(run.lang_id) + 1:] if run.lang_id in generated
-                                 else generated), "latency_s": time.perf_counter() - start}
+        for i, generated in zip(indices, engine.generate(requests)):      # decoder start, language token, ...
+            out[i] = {**run.line(np.asarray(generated).ravel()[2:]), "latency_s": time.perf_counter() - start}
         return out
 
     compiles = model.runtime.compile_count
     result = run.timed(translate)
-    stats = engine.stats()
+    if model.runtime.compile_count > compiles:
+        log(f"warning: {model.runtime.compile_count - compiles} programs compiled during the timed run "
+            "(raise --warmup-batches)")
+    first, last = before["stats"], engine.stats()
+    engine.close()
+    occupancy = (last.useful_slot_steps - first.useful_slot_steps) / max(1, last.slot_steps - first.slot_steps)
     return {**result, "load_s": load_s, "backend": model.runtime.backend, "amp": "f32",
-            "slot_occupancy": float(stats.occupancy), "programs_compiled": model.runtime.compile_count - compiles,
+            "slot_occupancy": occupancy, "programs_compiled": model.runtime.compile_count - compiles,
             "timing": "SlotEngine.generate over every line at once; latency = when the line came out of the "
-                      "iterator (input order); occupancy = engine.stats().occupancy"}
+                      "iterator (input order); occupancy = useful slot-steps / all slot-steps of the timed run "
+                      "(engine.stats())"}
 
 
 def run_lockstep(job: dict, log) -> dict:

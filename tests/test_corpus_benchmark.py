@@ -16,7 +16,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 HAVE_CT2 = importlib.util.find_spec("ctranslate2") is not None
-HAVE_ENGINE = importlib.util.find_spec("nllb_neuronx.engine") is not None
+HAVE_ENGINE = (ROOT / "nllb_neuronx" / "engine.py").exists()   # this tree's package, not an installed one
 HAVE_MPL = importlib.util.find_spec("matplotlib") is not None
 FIELDS = ("engine", "lines", "batch_size", "lines_per_s", "tokens_per_s", "slot_occupancy", "latency_p50_s",
           "latency_p90_s", "identical_to_hf", "compared_to_hf", "stopped_on_eos")
