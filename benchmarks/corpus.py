@@ -104,8 +104,8 @@ def prepare(job: dict) -> dict:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(made["path"])
-    lines = toy_task.corpus(shapes.toy_train_config(job["shape"]).task, tokenizer, job["lines"], max_tokens=job["max_tokens"],
-                            median_tokens=job["median_tokens"], seed=job["seed"])
+    lines = toy_task.corpus(shapes.toy_train_config(job["shape"]).task, tokenizer, job["lines"],
+                            max_tokens=job["max_tokens"], median_tokens=job["median_tokens"], seed=job["seed"])
     lengths = [len(tokenizer(s)["input_ids"]) for s, _ in lines]
     return {"checkpoint": made, "converted": converted, "lines": lines, "source_tokens": lengths}
 
@@ -176,7 +176,8 @@ def _num(value, digits: int = 1) -> str:
 
 def markdown_table(records: list[dict], meta: dict) -> str:
     lines = [f"Shape `{meta['shape']}` (trained toy model, embedded), {meta['lines']} lines, source "
-             f"{meta['source_tokens_min']}–{meta['source_tokens_max']} tokens (median {meta['source_tokens_median']}), "
+             f"{meta['source_tokens_min']}–{meta['source_tokens_max']} tokens "
+             f"(median {meta['source_tokens_median']}), "
              f"max_new_tokens {meta['max_new_tokens']}, {meta['threads']} threads; machine: {meta['machine']['cpu']}, "
              f"{meta['machine']['cores']} cores.", "",
              "| engine | batch | lines | lines/s | tokens/s | slot occupancy | latency p50 s | latency p90 s | "
