@@ -79,12 +79,16 @@ class ProgramRegistry:
         """The program `key`: built and fetched from the runtime on first use, then kept."""
         self.require_runtime()
         key = key.canonical(self.shapes)
+        seconds = None
         with self._lock:
-            if key not in self._programs:
+            program = self._programs.get(key)
+            if program is None:
                 start = time.perf_counter()
-                self._programs[key] = self.runtime.compile(key.build(self.shapes))
-                self._notify(key, time.perf_counter() - start)
-            return self._programs[key]
+                program = self._programs[key] = self.runtime.compile(key.build(self.shapes))
+                seconds = time.perf_counter() - start
+        if seconds is not None:  # outside the lock: an observer may ask the registry
+            self._notify(key, seconds)
+        return program
 
     def run(self, key: ProgramKey, **inputs) -> dict:
         """Run the program `key`: weights are fed by parameter name, the rest from `inputs` (the runtime feeds the

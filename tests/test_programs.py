@@ -6,7 +6,7 @@ import numpy as np
 
 from nllb_neuronx import NLLBForSampling
 from nllb_neuronx.engine import GenerationRequest, SlotEngine
-from nllb_neuronx.program_key import DecoderKey, EncoderKey
+from nllb_neuronx.program_key import DecoderKey, EncoderKey, SlotStepKey
 from tests.conftest import source_batch
 
 
@@ -19,6 +19,9 @@ def test_default_shape_lists_no_prefix_program_that_never_runs(tiny_checkpoint):
     lockstep = 4 * 2 + 4 * 3 * heads + 4 * heads                       # encoder + reorder, 1-token steps, prefixes: 56
     slots = 4 * 1 + 3 * 3 * 2 + 1    # slot encoders (insert size 1 at batch 1), steps (2 heads, below S_max), reorder
     assert len(keys) == lockstep + slots
+    # at the largest source bucket the slot step reads all the stored K/V: the lockstep program, listed once
+    assert SlotStepKey(256, "greedy", 64).canonical(model.shapes) == DecoderKey(256, "greedy", 1, 64)
+    assert SlotStepKey(128, "greedy", 64).canonical(model.shapes) in keys
 
 
 def test_save_compiles_exactly_the_listed_programs_and_generation_needs_no_other(tiny_checkpoint, tmp_path):
@@ -27,6 +30,7 @@ def test_save_compiles_exactly_the_listed_programs_and_generation_needs_no_other
     listed = set(model.program_builders())
     lockstep = 1 + 1 + 3 * 2 + 3                     # encoder, reorder, 1-token steps x 2 buckets x 3 heads, prefix x 3
     assert len(listed) == lockstep + 3 + 1           # slot encoders (1, 2, 3 rows), reorder; steps: the decoder's
+    assert len({build().name for build in model.program_builders().values()}) == len(listed)  # one program each
     model.save(str(tmp_path))
     assert len(list((tmp_path / "programs").iterdir())) == len(listed)
     compiled = model.runtime.compile_count
