@@ -18,9 +18,25 @@ import argparse
 import contextlib
 import json
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, ClassVar
 
 import numpy as np
+
+from nllb_neuronx.program_key import ProgramKey
+
+
+@dataclass(frozen=True)
+class VariantKey(ProgramKey):
+    """A decoder variant measured here: the registry fetches it once by `name`, built by `builder`."""
+
+    kind: ClassVar[str] = "slot_costs"
+    name: str
+    builder: Callable = field(compare=False, repr=False)
+
+    def build(self, shapes):
+        return self.builder()
 
 
 @contextlib.contextmanager
@@ -80,15 +96,15 @@ def main(argv=None) -> int:
 
     def run(name: str) -> float:
         nonlocal state
-        build = variants[name]
+        key = VariantKey(name, variants[name])
         begin = time.perf_counter()
         if name == "one_write":
             with one_write_for_all_rows():
-                out = model.run_program(("slot_costs", name), build, **inputs, **state)
+                out = model.run_program(key, **inputs, **state)
         elif name == "cross_stored_at_src":
-            out = model.run_program(("slot_costs", name), build, **inputs, **{**state, **short})
+            out = model.run_program(key, **inputs, **{**state, **short})
         else:
-            out = model.run_program(("slot_costs", name), build, **inputs, **state)
+            out = model.run_program(key, **inputs, **state)
         out["next_token"].numpy(0)
         state = {**state, "cache_k": out["cache_k"], "cache_v": out["cache_v"]}
         return time.perf_counter() - begin

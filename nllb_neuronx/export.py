@@ -21,10 +21,10 @@ from hlo.runtime import xla_hlo_text
 from hlo.targets import neuron
 
 from nllb_neuronx import sharding
+from nllb_neuronx.device_weights import POSITIONS  # the sinusoidal positions table, uploaded with the weights
 
 MANIFEST = "manifest.json"
 FORMAT = 1
-POSITIONS = "positions"  # the sinusoidal positions table: uploaded once with the weights (see model.py)
 
 
 @dataclass
@@ -60,7 +60,7 @@ def export_hlo(model, directory) -> Export:
         (directory / f"{module.name}.hlo.txt").write_text(xla_hlo_text(module))
         result.programs.append(module.name)
         result.violations[module.name] = found
-        entries.append(_program_entry(module, list(key), weights, found))
+        entries.append(_program_entry(module, {"kind": key.kind, **asdict(key)}, weights, found))
     c = model.compile_config
     manifest = {
         "format": FORMAT,
@@ -76,7 +76,7 @@ def export_hlo(model, directory) -> Export:
     return result
 
 
-def _program_entry(module: hlo.Module, key: list, weights: set[str], found: list) -> dict:
+def _program_entry(module: hlo.Module, key: dict, weights: set[str], found: list) -> dict:
     updated_by = {param: out for out, param in module.aliases}
     params = [{"index": i, "name": name, "shape": list(shape.dims), "dtype": shape.dtype.name,
                "kind": "rank" if name == hlo.RANK_PARAM else "weight" if name in weights else "input",

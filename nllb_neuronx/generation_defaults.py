@@ -33,10 +33,11 @@ class GenerationDefaults:
 
     @classmethod
     def read(cls, checkpoint_dir, model: ModelConfig) -> "GenerationDefaults":
-        """From `checkpoint_dir/generation_config.json` where present, else from the model config alone."""
-        path = Path(checkpoint_dir) / "generation_config.json"
+        """From `checkpoint_dir/generation_config.json` where present, else (or with `checkpoint_dir` None) from the
+        model config alone."""
+        path = Path(checkpoint_dir or ".") / "generation_config.json"
         try:
-            c = json.loads(path.read_text()) if path.exists() else {}
+            c = json.loads(path.read_text()) if checkpoint_dir is not None and path.exists() else {}
         except (OSError, ValueError) as e:
             raise ValueError(f"{path} is not readable JSON: {e}") from None
 

@@ -1,24 +1,120 @@
-"""The typed records of NLLBForSampling's public hooks: which program (ProgramKey), a program fetched (ProgramEvent),
-and how to draw tokens (Sampling)."""
+"""The typed records of NLLBForSampling's public hooks: which program (the `ProgramKey` family: one key type per
+kind of program, each able to build its module), a program fetched (ProgramEvent), and how to draw tokens
+(Sampling)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
+
+import hlo
+from nllb_neuronx.decoder import build_decoder
+from nllb_neuronx.encoder import build_encoder
+from nllb_neuronx.program_spec import ProgramShapes
+from nllb_neuronx.reorder import build_reorder
+from nllb_neuronx.slot_encoder import build_slot_encoder
+from nllb_neuronx.slot_reorder import build_slot_reorder
 
 
 @dataclass(frozen=True)
 class ProgramKey:
-    """One program of a model: the encoder or the reorder program of a source bucket, or a decoder program (its
-    token-choice head "greedy", "sample" or "logits", the tokens it takes per call, its target bucket) for a source
-    bucket."""
+    """One program of a model's shape; the base of the key family. A key names a program within one model (the batch
+    size, tp, amp and the model come from `ProgramShapes`) and builds it: `key.build(shapes)` -> `hlo.Module`. `kind`
+    says which program: the lockstep path's "encoder", "reorder", "decoder", the slot engine's "slot_encoder",
+    "slot_step", "slot_reorder"."""
 
-    kind: str                   # "encoder", "reorder" or "decoder"
+    kind: ClassVar[str] = ""
+
+    def build(self, shapes: ProgramShapes) -> hlo.Module:
+        raise NotImplementedError(f"{type(self).__name__} does not say how to build its program")
+
+    def canonical(self, shapes: ProgramShapes) -> "ProgramKey":
+        """The key of the same program under its one listed name (a key whose program another key builds too)."""
+        return self
+
+
+@dataclass(frozen=True)
+class EncoderKey(ProgramKey):
+    """The encoder of a source bucket: ids -> encoder states and every decoder layer's cross-attention K/V."""
+
+    kind: ClassVar[str] = "encoder"
     source_len: int
-    head: str = ""
-    new_tokens: int = 0
-    target_len: int = 0
+
+    def build(self, shapes: ProgramShapes) -> hlo.Module:
+        return build_encoder(shapes, self.source_len)
+
+
+@dataclass(frozen=True)
+class ReorderKey(ProgramKey):
+    """The lockstep reorder of a source bucket: batch rows of the caches and cross K/V gathered (beam search)."""
+
+    kind: ClassVar[str] = "reorder"
+    source_len: int
+
+    def build(self, shapes: ProgramShapes) -> hlo.Module:
+        return build_reorder(shapes, self.source_len)
+
+
+@dataclass(frozen=True)
+class DecoderKey(ProgramKey):
+    """A lockstep decoder program: its token-choice head ("greedy", "sample" or "logits"), the tokens it takes per
+    call (1, or 2 for the decoder start + language prefix), its target bucket, for a source bucket."""
+
+    kind: ClassVar[str] = "decoder"
+    source_len: int
+    head: str
+    new_tokens: int
+    target_len: int
+
+    def build(self, shapes: ProgramShapes) -> hlo.Module:
+        return build_decoder(shapes, self.new_tokens, self.target_len, self.source_len, self.head)
+
+
+@dataclass(frozen=True)
+class SlotEncoderKey(ProgramKey):
+    """The slot engine's encoder: `rows` new requests (a sub-batch padded up to this) at a source bucket, written into
+    chosen slots."""
+
+    kind: ClassVar[str] = "slot_encoder"
+    source_len: int
+    rows: int
+
+    def build(self, shapes: ProgramShapes) -> hlo.Module:
+        return build_slot_encoder(shapes, self.rows, self.source_len)
+
+
+@dataclass(frozen=True)
+class SlotStepKey(ProgramKey):
+    """The slot engine's decode step: one token per slot, each at its own position, reading `target_len` cache
+    positions and `source_len` of the cross K/V stored at the largest source bucket."""
+
+    kind: ClassVar[str] = "slot_step"
+    source_len: int
+    head: str
+    target_len: int
+
+    def build(self, shapes: ProgramShapes) -> hlo.Module:
+        return build_decoder(shapes, 1, self.target_len, self.source_len, self.head,
+                             cross_len=shapes.max_source_length)
+
+    def canonical(self, shapes: ProgramShapes) -> ProgramKey:
+        """At the largest source bucket the slot step reads all of the stored cross K/V: the lockstep decoder's
+        one-token program of that bucket, the same HLO, listed once."""
+        if self.source_len == shapes.max_source_length:
+            return DecoderKey(self.source_len, self.head, 1, self.target_len)
+        return self
+
+
+@dataclass(frozen=True)
+class SlotReorderKey(ProgramKey):
+    """The slot engine's reorder of the self-attention cache between slots (beam search)."""
+
+    kind: ClassVar[str] = "slot_reorder"
+
+    def build(self, shapes: ProgramShapes) -> hlo.Module:
+        return build_slot_reorder(shapes)
 
 
 @dataclass(frozen=True)

@@ -15,31 +15,10 @@ S_max only while a slot that needs it is active. `reorder()` makes slots copies 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
-from nllb_neuronx.decoder import build_decoder
-from nllb_neuronx.slot_encoder import build_slot_encoder, insert_sizes, slot_state_shapes
-from nllb_neuronx.slot_reorder import build_slot_reorder
-
-
-@dataclass(frozen=True)
-class SlotEncoderKey:
-    rows: int           # sub-batch of new requests (padded up to this)
-    source_len: int     # their encoder bucket
-
-
-@dataclass(frozen=True)
-class SlotDecoderKey:
-    head: str
-    bucket: int         # target bucket: positions read from the self-attention cache
-    source_len: int     # source positions read from the stored cross-attention K/V
-
-
-@dataclass(frozen=True)
-class SlotReorderKey:
-    batch_size: int
+from nllb_neuronx.program_key import SlotEncoderKey, SlotReorderKey, SlotStepKey
+from nllb_neuronx.slot_encoder import insert_sizes, slot_state_shapes
 
 
 class SlotState:
@@ -77,9 +56,7 @@ class SlotState:
         mask = (ids != pad).astype(np.int32)
         state = self._state()
         self._tensors = None                                   # donated below: gone if the call fails
-        out = self.model.run_program(SlotEncoderKey(rows, bucket),
-                                     lambda: build_slot_encoder(self.shapes, rows, bucket),
-                                     input_ids=ids, attention_mask=mask, slots=index,
+        out = self.model.run_program(SlotEncoderKey(bucket, rows), input_ids=ids, attention_mask=mask, slots=index,
                                      cross_k=state["cross_k"], cross_v=state["cross_v"],
                                      encoder_attention_mask=state["encoder_attention_mask"])
         self._tensors = {**state, **out}
@@ -93,14 +70,11 @@ class SlotState:
         if head not in ("greedy", "logits"):
             raise ValueError(f"slot steps have a greedy or a logits head, got {head!r}")
         bucket = self.model.compile_config.decoder_bucket(int(positions[active].max()) + 1)
-        stored = self.shapes.max_source_length
         state = self._state()
         self._tensors = None
         out = self.model.run_program(
-            SlotDecoderKey(head, bucket, source_len),
-            lambda: build_decoder(self.shapes, 1, bucket, source_len, head, cross_len=stored),
-            input_ids=tokens.astype(np.int32)[:, None], start=positions.astype(np.int32),
-            active=active.astype(np.int32), **state)
+            SlotStepKey(source_len, head, bucket), input_ids=tokens.astype(np.int32)[:, None],
+            start=positions.astype(np.int32), active=active.astype(np.int32), **state)
         self._tensors = {**state, "cache_k": out["cache_k"], "cache_v": out["cache_v"]}
         if head == "logits":
             return np.array(out["logits"].numpy(0)[: self.model.config.vocab_size].T, np.float32, order="C")
@@ -110,6 +84,6 @@ class SlotState:
         """Slot b's self-attention cache becomes slot index[b]'s (index: [B], identity outside beam requests)."""
         state = self._state()
         self._tensors = None
-        out = self.model.run_program(SlotReorderKey(self.batch_size), lambda: build_slot_reorder(self.shapes),
-                                     index=index.astype(np.int32), cache_k=state["cache_k"], cache_v=state["cache_v"])
+        out = self.model.run_program(SlotReorderKey(), index=index.astype(np.int32), cache_k=state["cache_k"],
+                                     cache_v=state["cache_v"])
         self._tensors = {**state, **out}

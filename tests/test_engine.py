@@ -185,11 +185,11 @@ def test_queue_full_is_typed_and_a_failed_device_call_fails_only_what_is_in_flig
 
         real, calls = model.run_program, []
 
-        def fail_once(key, build, **inputs):                   # the device call fails, as a lost device would
+        def fail_once(key, **inputs):                          # the device call fails, as a lost device would
             calls.append(key)
             if len(calls) == 3:
                 raise RuntimeError("device lost")
-            return real(key, build, **inputs)
+            return real(key, **inputs)
 
         monkeypatch.setattr(model, "run_program", fail_once)
         futures = [engine.submit(r) for r in requests[:2]]

@@ -7,13 +7,15 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 from jax._src.lib import xla_client
 
 import hlo
-from nllb_neuronx import NLLBForSampling, cli, sharding
+from nllb_neuronx import NLLBForSampling, ProgramKey, cli, sharding
 
 ROOT = Path(__file__).resolve().parents[1]
 SHAPE = ["--tp", "2", "--batch-size", "2", "--n-positions", "8", "--encoder-buckets", "8", "--max-top-k", "16"]
@@ -35,7 +37,9 @@ def test_export_writes_every_program_and_a_manifest(tiny_checkpoint, tmp_path):
     assert manifest["neuron_check"] == "clean"
     programs = {p["name"]: p for p in manifest["programs"]}
     assert set(programs) == {"nllb_encoder_b2_s8_tp2", "nllb_reorder_b2_s8_tp2"} | {
-        f"nllb_decoder_{head}_b2_p{p}_t8_s8_tp2" for head in ("logits", "greedy", "sample_k16") for p in (1, 2)}
+        f"nllb_decoder_{head}_b2_p{p}_t8_s8_tp2" for head in ("logits", "greedy", "sample_k16") for p in (1, 2)} | {
+        "nllb_slot_encoder_b2_k1_s8_of8_tp2", "nllb_slot_encoder_b2_k2_s8_of8_tp2", "nllb_slot_reorder_b2_tp2"}
+    assert programs["nllb_slot_encoder_b2_k2_s8_of8_tp2"]["key"] == {"kind": "slot_encoder", "source_len": 8, "rows": 2}
     weights = {s.name for s in sharding.all_weights(NLLBForSampling.from_pretrained(path).config)}
     for name, entry in programs.items():
         assert entry["violations"] == []
@@ -48,10 +52,10 @@ def test_export_writes_every_program_and_a_manifest(tiny_checkpoint, tmp_path):
         assert text.startswith(f"HloModule {name}") and "ENTRY" in text
         kinds = {p["name"]: p["kind"] for p in entry["parameters"]}
         assert {n for n, k in kinds.items() if k == "weight"} <= weights | {"positions"}
-        assert (kinds.get(hlo.RANK_PARAM) == "rank") == (not name.startswith("nllb_reorder"))
+        assert (kinds.get(hlo.RANK_PARAM) == "rank") == ("reorder" not in name)
     decoder = programs["nllb_decoder_sample_k16_b2_p1_t8_s8_tp2"]
     inputs = [p["name"] for p in decoder["parameters"] if p["kind"] == "input"]
-    assert inputs[:3] == ["input_ids", "start", "encoder_attention_mask"] and "uniform" in inputs
+    assert inputs[:4] == ["input_ids", "start", "active", "encoder_attention_mask"] and "uniform" in inputs
     cache = next(p for p in decoder["parameters"] if p["name"] == "cache_k")
     assert cache["updated_by_output"] == "cache_k"
     assert "input_output_alias" in (tmp_path / decoder["hlo_txt"]).read_text()
@@ -70,10 +74,14 @@ def test_violations_exit_1_and_are_listed(tiny_checkpoint, tmp_path, monkeypatch
     """A program that breaks a rule (replica-id here) is still written, listed on stderr, and the exit code is 1."""
     builders = NLLBForSampling.program_builders
 
+    @dataclass(frozen=True)
+    class BadKey(ProgramKey):
+        kind: ClassVar[str] = "bad"
+
     def with_a_bad_program(self):
         spec = hlo.ParamSpec(x=hlo.f32[2])
         bad = hlo.build("uses_replica_id", spec, lambda p: {"y": p.x + hlo.convert(hlo.replica_id(), hlo.f32)})
-        return {**builders(self), ("bad",): lambda: bad}
+        return {**builders(self), BadKey(): lambda: bad}
 
     monkeypatch.setattr(NLLBForSampling, "program_builders", with_a_bad_program)
     code = cli.main(["export-hlo", "--model", tiny_checkpoint[0], "--out", str(tmp_path), "--tp", "1",

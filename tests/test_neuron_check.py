@@ -1,5 +1,8 @@
-"""Every program a model can run passes hlo.targets.neuron.check: each encoder bucket, every decoder head (logits,
-greedy, sample), reorder, at tp 1, 2 and 8, in f32 and bf16. Programs are built, not compiled (building is cheap).
+"""Every kind of program a model can run passes hlo.targets.neuron.check: the lockstep encoder, every decoder head
+(logits, greedy, sample) with one and two new tokens, reorder, and the slot engine's encoder, steps (greedy, logits)
+and reorder, at tp 1, 2 and 8, in f32 and bf16. Programs are built, not compiled (building is cheap). A representative
+subset of buckets is checked (every kind at the smallest source bucket, the slot encoder at its largest sub-batch):
+the buckets change only dimensions.
 
 The programs checked here are the ones every CPU test runs, so the CPU tests test the HLO a NeuronCore would get.
 """
@@ -13,16 +16,33 @@ from hlo.targets import neuron
 
 from nllb_neuronx import NLLBForSampling
 from nllb_neuronx.config import CompileConfig, ModelConfig
+from nllb_neuronx.program_key import DecoderKey
+
+KINDS = {"encoder", "reorder", "decoder", "slot_encoder", "slot_step", "slot_reorder"}
+
+
+def representative(keys: list) -> list:
+    """One program per kind, head and new-token count at the smallest source bucket; slot encoders at the largest
+    sub-batch (the most slot writes)."""
+    smallest = min(k.source_len for k in keys if hasattr(k, "source_len"))
+    rows = max(k.rows for k in keys if k.kind == "slot_encoder")
+    chosen = {}
+    for key in keys:
+        if getattr(key, "source_len", smallest) == smallest and getattr(key, "rows", rows) == rows:
+            chosen.setdefault((key.kind, getattr(key, "head", ""), getattr(key, "new_tokens", 0)), key)
+    return list(chosen.values())
 
 
 def check_every_program(model: NLLBForSampling) -> dict[str, int]:
-    """Build and check every program of the model's shape; returns the program names and their parameter counts."""
-    tp, found = model.tp_degree, {}
-    for key, build in model.program_builders().items():
-        module = build()
+    """Build and check a program of every kind of the model's shape; returns the program names and their parameter
+    counts."""
+    tp, found, builders = model.tp_degree, {}, model.program_builders()
+    assert {key.kind for key in builders} == KINDS
+    for key in representative(list(builders)):
+        module = builders[key]()
         violations = neuron.check(module, num_replicas=tp)
         assert violations == [], f"{module.name}:\n{neuron.report(violations)}"
-        assert (hlo.RANK_PARAM in module.params) == (tp > 1 and key[0] != "reorder"), module.name
+        assert (hlo.RANK_PARAM in module.params) == (tp > 1 and "reorder" not in key.kind), module.name
         found[module.name] = len(module.params)
     return found
 
@@ -36,8 +56,10 @@ def test_every_program_is_clean(tiny_model, tp, amp):
     names = check_every_program(model)
     kinds = {name.split("_b")[0] for name in names}
     assert kinds == {"nllb_encoder", "nllb_reorder", "nllb_decoder_logits", "nllb_decoder_greedy",
-                     "nllb_decoder_sample_k256"}
-    assert len(names) == 2 + 2 + 2 * 1 * 2 * 3  # encoders, reorders, decoders (P 1 and 2, T, S, 3 heads)
+                     "nllb_decoder_sample_k256", "nllb_slot_encoder", "nllb_slot_reorder"}
+    slots = {f"nllb_decoder_{h}_b2_p1_t8_s8_of16_tp{tp}" for h in ("greedy", "logits")}  # steps: 8 of 16 stored
+    assert {n for n in names if "_of16_" in n} == slots | {f"nllb_slot_encoder_b2_k2_s8_of16_tp{tp}"}
+    assert len(names) == 1 + 1 + 2 * 3 + 1 + 2 + 1  # encoder, reorder, decoders (P 1 and 2, 3 heads), slot programs
 
 
 NLLB_600M = ModelConfig(vocab_size=256206, d_model=1024, encoder_layers=12, decoder_layers=12,
@@ -49,9 +71,10 @@ NLLB_600M = ModelConfig(vocab_size=256206, d_model=1024, encoder_layers=12, deco
 def test_nllb_600m_shape_is_clean(tp):
     """At NLLB's own vocabulary (256,206) the sampling head sorts tiles, never the whole vocabulary. No weights are
     read: the model is built from its config alone."""
-    compile_config = CompileConfig(batch_size=8, tp_degree=tp, n_positions=(64,), encoder_buckets=(32,), amp="bf16")
+    compile_config = CompileConfig(batch_size=8, tp_degree=tp, n_positions=(64,), encoder_buckets=(32, 64),
+                                   amp="bf16")
     model = NLLBForSampling(None, NLLB_600M, compile_config)
     check_every_program(model)
-    sample = model.program_builders()[("decoder", "sample", 1, 64, 32)]()
+    sample = model.program_builders()[DecoderKey(32, "sample", 1, 64)]()
     sorts = [v for c in sample.computations for v in c.instructions if v.opcode == "sort"]
     assert sorts and max(v.operands[0].dims[v.attrs["dimensions"][0]] for v in sorts) <= neuron.SORT_LIMIT

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from nllb_neuronx import NLLBForSampling
+from nllb_neuronx.engine import GenerationRequest, SlotEngine
+from nllb_neuronx.program_key import DecoderKey, EncoderKey, SlotStepKey
 from tests.conftest import source_batch
 
 
@@ -14,26 +16,33 @@ def test_default_shape_lists_no_prefix_program_that_never_runs(tiny_checkpoint):
     prefix = [k for k in keys if k.kind == "decoder" and k.new_tokens == 2]
     assert {k.target_len for k in prefix} == {64}                        # the two-token prefix runs only at position 0
     heads = 3                                                          # logits, greedy, sample
-    assert len(keys) == 4 * 2 + 4 * 3 * heads + 4 * heads            # encoder + reorder, 1-token steps, prefixes: 56
+    lockstep = 4 * 2 + 4 * 3 * heads + 4 * heads                       # encoder + reorder, 1-token steps, prefixes: 56
+    slots = 4 * 1 + 3 * 3 * 2 + 1    # slot encoders (insert size 1 at batch 1), steps (2 heads, below S_max), reorder
+    assert len(keys) == lockstep + slots
+    # at the largest source bucket the slot step reads all the stored K/V: the lockstep program, listed once
+    assert SlotStepKey(256, "greedy", 64).canonical(model.shapes) == DecoderKey(256, "greedy", 1, 64)
+    assert SlotStepKey(128, "greedy", 64).canonical(model.shapes) in keys
 
 
 def test_save_compiles_exactly_the_listed_programs_and_generation_needs_no_other(tiny_checkpoint, tmp_path):
     path, hf = tiny_checkpoint
     model = NLLBForSampling.from_pretrained(path, batch_size=3, n_positions=[4, 8], encoder_buckets=[8]).to_neuron()
     listed = set(model.program_builders())
-    assert len(listed) == 1 + 1 + 2 * 2 + 2          # encoder, reorder, 1-token steps x 2 buckets x 2 heads, prefix x 2
+    lockstep = 1 + 1 + 3 * 2 + 3                     # encoder, reorder, 1-token steps x 2 buckets x 3 heads, prefix x 3
+    assert len(listed) == lockstep + 3 + 1           # slot encoders (1, 2, 3 rows), reorder; steps: the decoder's
+    assert len({build().name for build in model.program_builders().values()}) == len(listed)  # one program each
     model.save(str(tmp_path))
     assert len(list((tmp_path / "programs").iterdir())) == len(listed)
     compiled = model.runtime.compile_count
     ids, mask = source_batch(hf.config.vocab_size, lengths=(6, 3))
     never = hf.config.vocab_size + 1
     model.sample(ids, mask, max_new_tokens=7, forced_bos_token_id=5, eos_token_id=never)  # crosses into bucket 8
+    with SlotEngine(model) as engine:                # the slot engine's programs are listed too
+        list(engine.generate([GenerationRequest(ids[0, :6], 5, 7), GenerationRequest(ids[1, :3], 5, 5, num_beams=2)]))
     assert model.runtime.compile_count == compiled and set(model.compiled_programs) == listed
 
 
 def test_public_hooks_for_custom_loops_and_compile_timing(tiny_checkpoint):
-    from nllb_neuronx import ProgramKey
-
     path, hf = tiny_checkpoint
     model = NLLBForSampling.from_pretrained(path, batch_size=2, n_positions=[8], encoder_buckets=[8, 16]).to_neuron()
     events = []
@@ -41,8 +50,7 @@ def test_public_hooks_for_custom_loops_and_compile_timing(tiny_checkpoint):
     ids, mask = source_batch(hf.config.vocab_size, lengths=(6, 3))
     expected = model.sample(ids, mask, max_new_tokens=5, forced_bos_token_id=5)
     assert [e.key for e in events] == model.compiled_programs and all(e.seconds > 0 for e in events)
-    assert model.compiled_programs == [ProgramKey("encoder", 8), ProgramKey("decoder", 8, "greedy", 2, 8),
-                                       ProgramKey("decoder", 8, "greedy", 1, 8)]
+    assert model.compiled_programs == [EncoderKey(8), DecoderKey(8, "greedy", 2, 8), DecoderKey(8, "greedy", 1, 8)]
 
     model.encode(ids, mask)                       # the same greedy loop, by hand
     assert (model.source_rows, model.source_length) == (2, 8)

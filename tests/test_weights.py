@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers.models.m2m_100.modeling_m2m_100 import M2M100SinusoidalPositionalEmbedding
 
-from nllb_neuronx.model import sinusoidal_positions
+from nllb_neuronx.device_weights import sinusoidal_positions
 from nllb_neuronx.weights import Checkpoint
 
 

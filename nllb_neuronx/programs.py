@@ -1,0 +1,156 @@
+"""The program registry of one model's shape: every program it can run (typed keys, `program_key.py`), each fetched
+once (compiled, or loaded from the runtime's caches and store), run with the device weights fed by parameter name.
+
+    registry = ProgramRegistry(shapes)
+    registry.attach(runtime, weights)                  # after the weights are on the device
+    out = registry.run(DecoderKey(16, "greedy", 1, 64), input_ids=..., start=..., ...)
+    registry.every_program()                           # the listing save(), compile and export-hlo go through
+
+The listing holds every program generation can run, the slot engine's included: they are always listed (not only
+once an engine was made), so `save()`, `nllb-neuronx compile` and `export-hlo` give a store from which both
+`sample()` and the engine compile nothing, and the Neuron check covers every program. The cost is compile time ahead
+of time: at batch 8 with the default buckets, 91 programs instead of the lockstep path's 56 (slot encoders per
+insert size and source bucket, slot steps per head, target and smaller source bucket, one slot reorder).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Mapping
+
+import hlo
+from hlo.runtime import Program
+
+from nllb_neuronx.program_key import (DecoderKey, EncoderKey, ProgramEvent, ProgramKey, ReorderKey, SlotEncoderKey,
+                                      SlotReorderKey, SlotStepKey)
+from nllb_neuronx.program_spec import ProgramShapes
+from nllb_neuronx.slot_encoder import insert_sizes
+
+LOCKSTEP_HEADS = ("logits", "greedy", "sample")   # decode_step, next_tokens greedy, next_tokens sampled
+SLOT_HEADS = ("greedy", "logits")                 # the engine's greedy rows; logits while a beam request is active
+
+
+def every_program(shapes: ProgramShapes) -> list[ProgramKey]:
+    """Every program generation can run with this shape, in a stable order. Lockstep: per source bucket the encoder,
+    the reorder and the decoder's heads with one new token in every target bucket, the two-token prefix (decoder
+    start, then the language code) only at position 0, so only in the target bucket that holds 2 positions. Slot
+    engine: per source bucket a slot encoder per insert size and the slot step's heads in every target bucket (below
+    the largest source bucket: there the slot step is the lockstep decoder program, `SlotStepKey.canonical`); one
+    slot reorder."""
+    c = shapes.compile
+    prefix_bucket = next((t for t in c.n_positions if t >= 2), None)
+    keys: list[ProgramKey] = []
+    for s in c.encoder_buckets:
+        keys += [EncoderKey(s), ReorderKey(s)]
+        for t in c.n_positions:
+            for new in (1, 2) if t == prefix_bucket else (1,):
+                keys += [DecoderKey(s, head, new, t) for head in LOCKSTEP_HEADS]
+    for s in c.encoder_buckets:
+        keys += [SlotEncoderKey(s, rows) for rows in insert_sizes(c.batch_size)]
+        if s < shapes.max_source_length:
+            keys += [SlotStepKey(s, head, t) for t in c.n_positions for head in SLOT_HEADS]
+    return keys + [SlotReorderKey()]
+
+
+class ProgramRegistry:
+    """Thread-safe: the lockstep calls and the slot engine's loop thread may fetch programs at once."""
+
+    def __init__(self, shapes: ProgramShapes):
+        self.shapes = shapes
+        self.runtime = None
+        self.weights: Mapping[str, object] = {}
+        self._programs: dict[ProgramKey, Program] = {}
+        self._observers: list[Callable[[ProgramEvent], None]] = []
+        self._lock = threading.Lock()
+
+    def attach(self, runtime, weights: Mapping[str, object]) -> None:
+        """Run programs on `runtime`, fed with `weights` (device tensors by parameter name)."""
+        self.runtime, self.weights = runtime, weights
+
+    def require_runtime(self) -> None:
+        if self.runtime is None:
+            raise RuntimeError("call model.to_neuron() first: it starts the runtime and uploads the weights")
+
+    # ------------------------------------------------------------------------------------------------ fetch
+    def get(self, key: ProgramKey) -> Program:
+        """The program `key`: built and fetched from the runtime on first use, then kept."""
+        self.require_runtime()
+        key = key.canonical(self.shapes)
+        seconds = None
+        with self._lock:
+            program = self._programs.get(key)
+            if program is None:
+                start = time.perf_counter()
+                program = self._programs[key] = self.runtime.compile(key.build(self.shapes))
+                seconds = time.perf_counter() - start
+        if seconds is not None:  # outside the lock: an observer may ask the registry
+            self._notify(key, seconds)
+        return program
+
+    def run(self, key: ProgramKey, **inputs) -> dict:
+        """Run the program `key`: weights are fed by parameter name, the rest from `inputs` (the runtime feeds the
+        rank, `hlo.RANK_PARAM`)."""
+        program = self.get(key)
+        feed = {name: inputs[name] if name in inputs else self.weights[name] for name in program.module.params.names
+                if name != hlo.RANK_PARAM}
+        return program.run(feed)
+
+    def _notify(self, key: ProgramKey, seconds: float) -> None:
+        for callback in list(self._observers):
+            callback(ProgramEvent(key, seconds))
+
+    def add_observer(self, callback: Callable[[ProgramEvent], None]) -> None:
+        """Call `callback(ProgramEvent)` for every program fetched for the first time (a compile or a load)."""
+        self._observers.append(callback)
+
+    @property
+    def compiled(self) -> list[ProgramKey]:
+        """The programs fetched so far (compiled or loaded), in the order they were fetched."""
+        with self._lock:
+            return list(self._programs)
+
+    def forget(self) -> None:
+        """Drop the handles on the programs: the next calls fetch them again from the runtime's caches."""
+        with self._lock:
+            self._programs.clear()
+
+    # ---------------------------------------------------------------------------------------- ahead of time
+    def every_program(self) -> list[ProgramKey]:
+        return every_program(self.shapes)
+
+    def compile_all(self, workers: int | None = None) -> int:
+        """Fetch every listed program not fetched yet, several at once; returns how many the runtime compiled."""
+        self.require_runtime()
+        before = self.runtime.compile_count
+        with self._lock:
+            missing = [key for key in self.every_program() if key not in self._programs]
+
+        def fetch(key: ProgramKey):
+            start = time.perf_counter()
+            return key, self.runtime.compile(key.build(self.shapes)), time.perf_counter() - start
+
+        with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+            for key, program, seconds in pool.map(fetch, missing):
+                with self._lock:
+                    fresh = self._programs.setdefault(key, program) is program
+                if fresh:
+                    self._notify(key, seconds)
+        return self.runtime.compile_count - before
+
+    def store(self, directory: str) -> dict[str, str]:
+        """Write every listed program, and every other one fetched so far, into the runtime store `directory`;
+        returns each program's name -> artifact key."""
+        self.require_runtime()
+        previous = self.runtime.use_store(directory)
+        try:
+            self.compile_all()
+            with self._lock:
+                programs = list(self._programs.values())
+            for program in programs:  # compiled before the store was set: compile() writes them to it
+                self.runtime.compile(program.module)
+            return {p.module.name: self.runtime.artifact_key(p.module) for p in programs}
+        finally:
+            self.runtime.use_store(previous)
