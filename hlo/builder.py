@@ -14,6 +14,7 @@ The module is plain Python data; `hlo.emit` turns it into an HloModuleProto and 
 from __future__ import annotations
 
 import contextlib
+import threading
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Mapping
 
@@ -165,23 +166,31 @@ class ModuleBuilder:
         return self._reducers[key]
 
 
-_STACK: list[Computation] = []
+class _Building(threading.local):
+    """The computations being built, innermost last: one stack per thread, since programs are built concurrently
+    (`compile_all` builds and compiles several at once)."""
+
+    def __init__(self):
+        self.stack: list[Computation] = []
+
+
+_BUILDING = _Building()
 
 
 @contextlib.contextmanager
 def _current(comp: Computation) -> Iterator[Computation]:
-    _STACK.append(comp)
+    _BUILDING.stack.append(comp)
     try:
         yield comp
     finally:
-        _STACK.pop()
+        _BUILDING.stack.pop()
 
 
 def current_computation() -> Computation:
     """The computation being built: where ops without operands (constants, iota, replica-id) go."""
-    if not _STACK:
+    if not _BUILDING.stack:
         raise HloBuildError("no program is being built: call ops inside the function given to hlo.build()")
-    return _STACK[-1]
+    return _BUILDING.stack[-1]
 
 
 class ParamSpec:

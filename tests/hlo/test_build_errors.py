@@ -334,3 +334,39 @@ def test_python_integer_must_fit_the_integer_type():
     assert "300 does not fit s8" in msg
     msg = build_error({"ids": u32[3]}, lambda p: p.ids - (-1))
     assert "does not fit u32" in msg
+
+
+def test_programs_build_concurrently_in_threads():
+    """Two threads build modules at the same time (compile_all does): each constant lands in its own module."""
+    import threading
+
+    from hlo.types import f32
+
+    barrier = threading.Barrier(2)
+
+    def module(name: str, scale: float, wait: bool) -> hlo.Module:
+        def fn(p):
+            y = p.x + scale                                  # a constant of this module
+            if wait:
+                barrier.wait(timeout=30)                     # both builds are under way here
+            c = hlo.full(scale + 1.0, f32[4])                 # an operand-less constant: the current module's
+            if wait:
+                barrier.wait(timeout=30)                     # neither build has finished yet
+            return {"y": y * c}
+        return hlo.build(name, hlo.ParamSpec(x=f32[4]), fn)
+
+    built, errors = {}, []
+
+    def build(name, scale):
+        try:
+            built[name] = module(name, scale, True).serialize()
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=build, args=(n, s)) for n, s in (("a", 2.0), ("b", 3.0))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    assert built == {"a": module("a", 2.0, False).serialize(), "b": module("b", 3.0, False).serialize()}
