@@ -32,6 +32,7 @@ from nllb_neuronx.encoder import build_encoder
 from nllb_neuronx.generation_defaults import GenerationDefaults
 from nllb_neuronx.program_key import ProgramEvent, ProgramKey, Sampling
 from nllb_neuronx.program_spec import ProgramShapes
+from nllb_neuronx.sampling import head_inputs
 from nllb_neuronx.reorder import build_reorder
 from nllb_neuronx.weights import Checkpoint, read_config, resolve_path
 
@@ -394,9 +395,8 @@ class NLLBForSampling:
         max_new_tokens or max_length - 1 (capped at the largest decoder bucket), eos_token_id, forced_bos_token_id,
         decoder_start_token_id and pad_token_id."""
         sampling = Sampling(temperature, top_k, top_p, seed) if do_sample else None
-        if do_sample and top_k > self.compile_config.max_top_k:
-            raise ValueError(f"top_k={top_k} exceeds max_top_k={self.compile_config.max_top_k}, the most tokens "
-                             f"sampling draws among; load the model with max_top_k={top_k} or more")
+        if sampling is not None:
+            sampling.check_top_k(self.compile_config.max_top_k)
         self._require_runtime()
         ids, mask = _as_batch(input_ids, attention_mask, self.config.pad_token_id)
         defaults = self.generation_defaults
@@ -413,9 +413,10 @@ class NLLBForSampling:
         eos = np.asarray(defaults.eos_token_ids if eos_token_id is None else eos_token_id, np.int64).reshape(-1)
         forced_bos_token_id = defaults.forced_bos_token_id if forced_bos_token_id is None else forced_bos_token_id
         forced = None if forced_bos_token_id is None else _one_per_row(forced_bos_token_id, ids.shape[0])
+        rng = None if sampling is None else sampling.generator()      # one generator for the whole call
         chunks = [self._sample_chunk(ids[i: i + self.batch_size], mask[i: i + self.batch_size], max_new_tokens,
                                      None if forced is None else forced[i: i + self.batch_size], start, eos,
-                                     sampling)
+                                     sampling, rng)
                   for i in range(0, ids.shape[0], self.batch_size)]
         width = max(c.shape[1] for c in chunks)
         out = np.full((ids.shape[0], width), defaults.pad_token_id, np.int64)
@@ -426,15 +427,21 @@ class NLLBForSampling:
         return out
 
     @_exclusive
-    def next_tokens(self, token_ids, sampling: Sampling | None = None) -> np.ndarray:
+    def next_tokens(self, token_ids, sampling: Sampling | None = None,
+                    rng: np.random.Generator | None = None) -> np.ndarray:
         """Feed tokens as `decode_step` does and return the next token of each row, int64 [rows], chosen on the
-        device (greedy, or drawn as `sampling` says): only token ids come back to the host."""
+        device (greedy, or drawn as `sampling` says, with one uniform number per batch row from `rng`, the caller's
+        generator: `rng = sampling.generator()` once per decode; None takes a fresh one, which a seeded `sampling`
+        refuses): only token ids come back to the host."""
         if sampling is None:
             out = self._decode(token_ids, "greedy")
         else:
-            out = self._decode(token_ids, "sample", temperature=np.float32(sampling.temperature),
-                               top_k=np.int32(sampling.top_k), top_p=np.float32(sampling.top_p),
-                               uniform=sampling.rng.random(self.batch_size, dtype=np.float32))
+            sampling.check_top_k(self.compile_config.max_top_k)
+            if rng is None and sampling.seed is not None:
+                raise ValueError("a seeded sampling needs its generator across steps: pass "
+                                 "rng=sampling.generator(), made once before the first step")
+            uniform = (rng or np.random.default_rng()).random(self.batch_size, dtype=np.float32)
+            out = self._decode(token_ids, "sample", **head_inputs([sampling] * self.batch_size, uniform))
         tokens = out["next_token"].numpy(0)[: self._source.rows].astype(np.int64)
         bad = np.nonzero((tokens < 0) | (tokens >= self.config.vocab_size))[0]
         if bad.size:  # the heads return -1 for a row whose logits hold NaN (older heads: a large id)
@@ -446,14 +453,14 @@ class NLLBForSampling:
                    "check the checkpoint's weights for NaN or inf"))
         return tokens
 
-    def _sample_chunk(self, ids, mask, max_new_tokens, forced, start, eos, sampling) -> np.ndarray:
+    def _sample_chunk(self, ids, mask, max_new_tokens, forced, start, eos, sampling, rng) -> np.ndarray:
         self.encode(ids, mask)
         rows, pad = ids.shape[0], self.generation_defaults.pad_token_id
         generated = [] if forced is None else [np.asarray(forced, np.int64)]
         done = np.zeros(rows, bool) if forced is None else np.isin(generated[0], eos)
         feed = np.stack([np.full(rows, start, np.int64)] + generated, axis=1)                     # [rows, 1 or 2]
         while len(generated) < max_new_tokens and not done.all():
-            token = self.next_tokens(feed, sampling)
+            token = self.next_tokens(feed, sampling, rng)
             token = np.where(done, pad, token)
             generated.append(token)
             done |= np.isin(token, eos)
