@@ -29,7 +29,10 @@ setup(
         # HF generate() through the adapter (beam search, logits processors), pytorch_model.bin checkpoints, and
         # the demo's reference model. Unpinned: any torch transformers 5 supports (torch-neuronx's 2.9 included).
         "hf": ["torch>=2.4"],
-        "test": ["torch>=2.4", "pytest", "httpx"],
+        # the tests start the real server and a local Ray cluster
+        "test": ["torch>=2.4", "pytest", "httpx", "starlette", "uvicorn", "prometheus-client", "ray[data,serve]>=2.51"],
+        "serve": ["starlette", "uvicorn", "prometheus-client"],
+        "ray": ["ray[data,serve]>=2.51", "starlette", "uvicorn", "prometheus-client"],  # Ray Data; serve --ray
         "bench": ["ctranslate2", "matplotlib"],
     },
     entry_points={"console_scripts": ["nllb-neuronx=nllb_neuronx.cli:main"]},

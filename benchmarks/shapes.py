@@ -154,3 +154,44 @@ def ct2_vocabulary(model_dir) -> list[str]:
         if (model_dir / name).exists():
             return (model_dir / name).read_text(encoding="utf-8").split("\n")[:-1]
     raise FileNotFoundError(f"no vocabulary file in {model_dir}")
+
+
+# ------------------------------------------------------------------------------ trained models that stop by EOS
+# A model trained on nllb_neuronx.toy_task at the shape's d_model and heads (narrow FFN, few layers), then embedded
+# exactly into the shape's layers, FFN and vocabulary (see ../shared/BENCH-MODEL.md and RESULTS.md "Corpus").
+TOY_TRAINING = {
+    "tiny": {},     # TrainConfig's defaults: the model of the tests' `trained_model` fixture
+    "nllb-200-distilled-600M": dict(d_model=1024, heads=16, ffn_dim=512, encoder_layers=1, decoder_layers=1,
+                                    steps=800, batch_size=32, lr=3e-4, max_tokens=120, median_tokens=20,
+                                    max_positions=1024, threads=1),
+}
+TOY_TRAINING["nllb-200-1.3B"] = TOY_TRAINING["nllb-200-distilled-600M"]   # same d_model and heads
+
+
+def toy_train_config(shape: str):
+    from nllb_neuronx.toy_task import TrainConfig
+
+    if shape not in TOY_TRAINING:
+        raise ValueError(f"no trained toy model for shape {shape!r}; choose from {', '.join(TOY_TRAINING)}")
+    return TrainConfig(**TOY_TRAINING[shape])
+
+
+def toy_checkpoint_dir(shape: str, cache_root: Path) -> Path:
+    return Path(cache_root) / f"toy-{shape}-{toy_train_config(shape).key()}"
+
+
+def make_toy_checkpoint(shape: str, cache_root: Path, log=None) -> dict:
+    """The trained toy model embedded into `shape` (made once, cached; an interrupted training resumes)."""
+    from nllb_neuronx import toy_task
+
+    path = toy_checkpoint_dir(shape, cache_root)
+    if checkpoint_ready(path):
+        return {"path": str(path), "created": False, "seconds": 0.0}
+    start = time.perf_counter()
+    small = toy_task.trained_checkpoint(Path(cache_root) / "toy-train", toy_train_config(shape), log=log,
+                                        save_every=25)
+    target = SHAPES[shape]
+    toy_task.embed_model(small, path, target["encoder_layers"], target["decoder_layers"], target["encoder_ffn_dim"],
+                         target["vocab_size"], target["max_position_embeddings"])
+    (path / ".complete").write_text(json.dumps({"shape": shape, "trained": str(small)}))
+    return {"path": str(path), "created": True, "seconds": time.perf_counter() - start}

@@ -6,6 +6,7 @@
     nllb-neuronx export-hlo --model DIR --out DIR [shape options]
     nllb-neuronx info [--model DIR]
     nllb-neuronx demo [--tp N]
+    nllb-neuronx serve --model DIR [--host 127.0.0.1] [--port 8000] [shape options] [--max-queue N]
 
 Exit codes: 0 success; 1 a failed check (demo, export-hlo's Neuron check); 2 bad usage or input (unknown language,
 invalid UTF-8, a line too long, malformed JSON, a bad number, a missing model), with the reason on stderr.
@@ -109,6 +110,9 @@ def _translate(args) -> int:
     from nllb_neuronx.translator import LanguageCodes, TextError, Translator
 
     _check_numbers(args)
+    if args.ray:  # Ray Data: one replica per actor (nllb_neuronx/ray.py)
+        from nllb_neuronx.ray import run_cli
+        return run_cli(args, _model_kwargs(args))
     if args.input_format == "text" and not args.tgt:
         raise InputError("--tgt is required (with --input-format jsonl, each line may name its own tgt_lang)")
     tokenizer = _load_tokenizer(args.model)  # language codes come from the tokenizer: checked before any weight
@@ -233,6 +237,25 @@ def _info(args) -> int:
     return EXIT_OK
 
 
+def _serve(args) -> int:
+    from nllb_neuronx.serve.server import serve
+
+    if args.ray:
+        from nllb_neuronx.serve.ray_serve import serve_with_ray
+        serve_with_ray(_serve_options(args), replicas=args.replicas)
+        return EXIT_OK
+    serve(_serve_options(args))
+    return EXIT_OK
+
+
+def _serve_options(args):
+    from nllb_neuronx.serve.server import ServeOptions
+
+    return ServeOptions(model=args.model, model_kwargs=_model_kwargs(args), host=args.host, port=args.port,
+                        max_queue=args.max_queue, request_timeout_s=args.request_timeout,
+                        continuous_batching=not args.no_continuous_batching, warmup=args.warmup)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nllb-neuronx", description="NLLB-200 / M2M100 as HLO programs.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -249,6 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--input-format", choices=["text", "jsonl"], default="text",
                     help='jsonl: {"text": ..., "tgt_lang": ...} per line; each output line is the object with '
                          '"translation" added')
+    tr.add_argument("--ray", action="store_true", help="translate on a Ray cluster, one model replica per actor; "
+                                                       "-i may be a directory (then -o names an output directory)")
+    tr.add_argument("--replicas", type=int, default=1, help="with --ray: model replicas (Ray actors)")
+    tr.add_argument("--ray-address", default=None, help="with --ray: a Ray cluster's address (default: a local one)")
     co = sub.add_parser("compile", help="compile every program for every bucket and save them")
     _shape_options(co)
     co.add_argument("--out", required=True, help="artifacts directory")
@@ -265,6 +292,18 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="backends, devices and versions found")
     info.add_argument("--model", default=None)
     info.add_argument("--compiled-dir", default=None)
+    se = sub.add_parser("serve", help="HTTP translation service (LibreTranslate-compatible /translate, /v1/translate)")
+    _shape_options(se)
+    se.add_argument("--host", default="127.0.0.1")
+    se.add_argument("--port", type=int, default=8000)
+    se.add_argument("--max-queue", type=int, default=256,
+                    help="lines waiting for a batch slot before requests get 503 (also the most lines per request)")
+    se.add_argument("--request-timeout", type=float, default=60.0, help="seconds before a request gets 504")
+    se.add_argument("--no-continuous-batching", action="store_true", help="one lockstep batch at a time")
+    se.add_argument("--warmup", default="compile", choices=["compile", "request"],
+                    help="before ready: compile every program (default), or only what one short request needs")
+    se.add_argument("--ray", action="store_true", help="serve through Ray Serve (extra `ray`)")
+    se.add_argument("--replicas", type=int, default=1, help="Ray Serve replicas (with --ray)")
     sub.add_parser("demo", help="random NLLB-shaped model: compile, generate, check against HF (no download)",
                    add_help=False)
     return parser
@@ -278,7 +317,8 @@ def main(argv=None) -> int:
         return demo(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
-    handlers = {"translate": _translate, "compile": _compile, "info": _info, "export-hlo": _export_hlo}
+    handlers = {"translate": _translate, "compile": _compile, "info": _info, "export-hlo": _export_hlo,
+                "serve": _serve}
     try:
         return handlers[args.command](args)
     except (InputError, ValueError, FileNotFoundError) as e:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterable, Iterator, Protocol, Sequence
+
+import numpy as np
 
 from nllb_neuronx.sampling import SamplingParams
 
@@ -44,3 +47,23 @@ class EngineStats:
     def occupancy(self) -> float:
         """Useful slot-steps / all slot-steps (0.0 before the first step)."""
         return self.useful_slot_steps / self.slot_steps if self.slot_steps else 0.0
+
+
+class Engine(Protocol):
+    """What the server, the CLI and Ray code against: SlotEngine (engine.py, continuous batching) and BatchEngine
+    (batch_engine.py, one lockstep batch at a time) both keep it. A result is the int64 ids HF generate() gives for
+    that line alone."""
+
+    def submit(self, request: GenerationRequest) -> concurrent.futures.Future:
+        """Queue one request (thread-safe). A bad request fails its future with ValueError (NotImplementedError for
+        what the engine does not do); `future.cancel()` withdraws it and frees its slots. Raises QueueFull when the
+        queue is full, EngineClosed after close()."""
+
+    def generate(self, requests: Iterable[GenerationRequest]) -> Iterator[np.ndarray]:
+        """Every request's ids, in input order, as soon as a prefix is done (waits on a full queue, never fails)."""
+
+    def stats(self) -> EngineStats:
+        ...
+
+    def close(self, drain: bool = True) -> None:
+        """Stop taking requests; `drain=True` finishes the queued and running ones, else cancels them."""

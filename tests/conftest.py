@@ -80,3 +80,17 @@ def nllb_checkpoint(tmp_path_factory):
     model = make_checkpoint(path, **overrides)
     tokenizer.save_pretrained(path)
     return str(path), model, tokenizer
+
+
+@pytest.fixture(scope="session")
+def trained_model(request, tmp_path_factory):
+    """(checkpoint directory, HF model, tokenizer) of a tiny model trained on nllb_neuronx.toy_task (eng_Latn ->
+    fra_Latn): its greedy outputs stop on EOS by themselves. Trained once and kept in pytest's cache directory under
+    a hash of the training settings, so later sessions reuse it (a temp dir when the cache plugin is off)."""
+    from nllb_neuronx import toy_task
+
+    cache = getattr(request.config, "cache", None)
+    root = cache.mkdir("toy_models") if cache is not None else tmp_path_factory.mktemp("toy_models")
+    path = toy_task.trained_checkpoint(root, toy_task.TrainConfig(), log=None)
+    model, tokenizer = toy_task.load_trained(path)
+    return str(path), model, tokenizer
