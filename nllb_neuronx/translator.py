@@ -205,7 +205,8 @@ class Translator:
     # -------------------------------------------------------------------------------------------- translation
     def translate(self, texts: Sequence[str], src_lang: str, tgt_lang: str | Sequence[str], num_beams: int = 1,
                   max_new_tokens: int | None = None, split_long: bool = False, **generate_kwargs) -> list[str]:
-        """Translate `texts` from `src_lang` to `tgt_lang` (one code, or one per text). `max_new_tokens=None`: the
+        """Translate `texts` from `src_lang` to `tgt_lang` (one code, or one per text); every text is checked (and
+        tokenized) before any is generated, so a bad one costs no device time. `max_new_tokens=None`: the
         checkpoint's generation_config default, capped at the largest decoder bucket. Sampling: `do_sample=True`
         with `temperature`, `top_k` (default 50, as HF), `top_p`, `seed`. Other keyword arguments
         (length_penalty other than 1.0, no_repeat_ngram_size, ...) go to HF generate() on the HF adapter."""
@@ -218,8 +219,10 @@ class Translator:
             with self.model.exclusive():
                 return self._translate_adapter(texts, src_lang, targets, num_beams, max_new_tokens, split_long,
                                                generate_kwargs)
-        return list(self._stream(zip(texts, targets), src_lang, None, num_beams, max_new_tokens, sampling,
-                                 split_long, None))
+        lines = self.requests(texts, src_lang, targets, num_beams, max_new_tokens, sampling, split_long)  # checked
+        results = self.engine().generate([r for line in lines for r in line])   # before any is generated
+        return [sentence_separator(tgt).join(self.decode(next(results)) for _ in line)
+                for line, tgt in zip(lines, targets)]
 
     def translate_stream(self, items: Iterable[str | tuple[str, str]], src_lang: str, tgt_lang: str | None = None,
                          read_ahead: int | None = None, **translate_kwargs) -> Iterator[str]:
