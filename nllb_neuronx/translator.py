@@ -355,7 +355,9 @@ class Translator:
             ids = [pieces[i][1] for i in batch]
             forced = [target_ids[targets[pieces[i][0]]] for i in batch]
             out = self._hf_generate(ids, forced, num_beams, max_new, generate_kwargs)
-            for i, text in zip(batch, self.tokenizer.batch_decode(out, skip_special_tokens=True)):
+            with self._tokenizer_lock:
+                texts_out = self.tokenizer.batch_decode(out, skip_special_tokens=True)
+            for i, text in zip(batch, texts_out):
                 results[i] = text
         joined: list[list[str]] = [[] for _ in texts]
         for (index, _), text in zip(pieces, results):
