@@ -10,8 +10,8 @@
 
 Exit codes: 0 success; 1 a failed check (demo, export-hlo's Neuron check); 2 bad usage or input (unknown language,
 invalid UTF-8, a line too long, malformed JSON, a bad number, a missing model), with the reason on stderr.
-`translate` checks its options and language codes before it loads any weight, and writes each block's translations
-as soon as they are done.
+`translate` checks its options and language codes before it loads any weight, then streams the lines through the
+Translator's slot engine, writing each line's translation as soon as it and the lines before it are done.
 """
 
 from __future__ import annotations
@@ -150,6 +150,7 @@ def _translate(args) -> int:
         raise InputError(f"line {e.index + 1} {e.detail}") from None
     finally:
         progress.close()
+        translator.close()
         source.close()
         if out is not sys.stdout:
             out.close()

@@ -20,6 +20,7 @@ import numpy as np
 
 from nllb_neuronx.program_key import DecoderKey, EncoderKey, ReorderKey, Sampling
 from nllb_neuronx.programs import ProgramRegistry
+from nllb_neuronx.sampling import head_inputs
 
 log = logging.getLogger(__name__)
 
@@ -120,14 +121,20 @@ class DecodeState:
         logits = out["logits"].numpy(0)[: self.config.vocab_size, : self.source.rows]            # [V, rows]
         return np.array(logits.T, order="C")                                                    # a writable copy
 
-    def next_tokens(self, token_ids, sampling: Sampling | None = None) -> np.ndarray:
-        """The next token of each row, int64 [rows], chosen on the device (greedy, or drawn as `sampling` says)."""
+    def next_tokens(self, token_ids, sampling: Sampling | None = None,
+                    rng: np.random.Generator | None = None) -> np.ndarray:
+        """The next token of each row, int64 [rows], chosen on the device: greedy, or drawn as `sampling` says with
+        one uniform number per batch row from `rng`, the caller's generator (`rng = sampling.generator()` once per
+        decode; None takes a fresh one, which a seeded `sampling` refuses)."""
         if sampling is None:
             out = self.decode(token_ids, "greedy")
         else:
-            out = self.decode(token_ids, "sample", temperature=np.float32(sampling.temperature),
-                              top_k=np.int32(sampling.top_k), top_p=np.float32(sampling.top_p),
-                              uniform=sampling.rng.random(self.batch_size, dtype=np.float32))
+            sampling.check_top_k(self.compile_config.max_top_k)
+            if rng is None and sampling.seed is not None:
+                raise ValueError("a seeded sampling needs its generator across steps: pass "
+                                 "rng=sampling.generator(), made once before the first step")
+            uniform = (rng or np.random.default_rng()).random(self.batch_size, dtype=np.float32)
+            out = self.decode(token_ids, "sample", **head_inputs([sampling] * self.batch_size, uniform))
         tokens = out["next_token"].numpy(0)[: self.source.rows].astype(np.int64)
         bad = np.nonzero((tokens < 0) | (tokens >= self.config.vocab_size))[0]
         if bad.size:  # the heads return -1 for a row whose logits hold NaN (older heads: a large id)

@@ -42,7 +42,7 @@ def build_decoder(shapes: ProgramShapes, new_tokens: int, bucket: int, source_le
                          encoder_attention_mask=s32[b, cross_len], cache_k=cache, cache_v=cache, cross_k=cross,
                          cross_v=cross, positions=shapes.positions_shape)
     if head == "sample":
-        spec.add("temperature", f32[()]).add("top_k", s32[()]).add("top_p", f32[()]).add("uniform", f32[b])
+        spec.add("temperature", f32[b]).add("top_k", s32[b]).add("top_p", f32[b]).add("uniform", f32[b])  # per row
     for name, shape in weight_params(shapes.decoder_weight_names(), shapes):
         spec.add(name, shape)
 

@@ -14,7 +14,10 @@ at position 0; with a forced target-language token, that step's choice is replac
 processor does. Slot bookkeeping follows vLLM's scheduler: a free list, FIFO admission, retire then refill.
 Beam search: a request's beams take `num_beams` slots (admitted when that many are free); while one is active the
 step returns logits, `beam.py` picks the beams as HF does, and the slot reorder program moves their caches.
-Sampling is not supported yet (the device sampling head takes one set of parameters for the whole batch).
+Sampling: while a sampling request is active the step runs the sample head with one setting per slot (greedy slots
+at temperature 0, which is the greedy head's token exactly) and one uniform number per slot from that request's own
+generator (seeded with its `seed`), so a request's draws do not depend on its slot or on the other requests. Beam
+and sampling requests do not share steps (one head per step): the queue's head waits until the other kind is done.
 
 Thread-safety: `submit`, `stats`, `close` and futures' `cancel` may be called from any thread; only the loop thread
 touches the device. Invalid requests fail their own future with a ValueError; a failed device call fails the requests
@@ -34,6 +37,7 @@ import numpy as np
 
 from nllb_neuronx.beam import BeamSearch
 from nllb_neuronx.engine_api import EngineClosed, EngineStats, GenerationRequest, QueueFull, SamplingParams
+from nllb_neuronx.sampling import head_inputs
 from nllb_neuronx.slot_state import SlotState
 
 __all__ = ["EngineClosed", "EngineStats", "GenerationRequest", "QueueFull", "SamplingParams", "SlotEngine"]
@@ -55,6 +59,8 @@ class _Job:
     bucket: int = 0                     # source bucket it was encoded at
     slots: list[int] = field(default_factory=list)       # its slots: one, or one per beam
     beams: BeamSearch | None = None
+    sampling: SamplingParams | None = None
+    rng: np.random.Generator | None = None          # the request's own generator (sampling only)
 
     def finish(self, start: int) -> None:
         if self.future.set_running_or_notify_cancel():
@@ -162,9 +168,14 @@ class SlotEngine:
         if not isinstance(request.num_beams, (int, np.integer)) or not 1 <= request.num_beams <= slots:
             raise ValueError(f"num_beams must lie in [1, {slots}] (each beam takes one of the batch_size={slots} "
                              f"slots), got {request.num_beams!r}; compile with a larger batch_size for more beams")
-        if request.sampling is not None:
-            raise NotImplementedError("sampling in the slot engine is not supported yet; use model.sample("
-                                      "do_sample=True) or leave `sampling` unset for greedy decoding")
+        sampling = request.sampling
+        if sampling is not None:
+            if not isinstance(sampling, SamplingParams):
+                raise ValueError(f"sampling must be a SamplingParams or None (greedy), got {type(sampling).__name__}")
+            if request.num_beams > 1:
+                raise ValueError("beam search with sampling is not supported: use num_beams=1 with sampling, or "
+                                 "sampling=None with beams")
+            sampling.check_top_k(self._compile.max_top_k)
         source = np.asarray(request.input_ids)
         if source.ndim != 1 or source.size == 0:
             raise ValueError(f"input_ids must be a non-empty sequence of token ids, got shape {list(source.shape)}")
@@ -183,7 +194,8 @@ class SlotEngine:
             raise ValueError(f"max_new_tokens must lie in [1, {limit}] (the largest decoder bucket), got "
                              f"{request.max_new_tokens!r}; compile with a larger n_positions bucket for more")
         return _Job(source.astype(np.int32), None if forced is None else int(forced), int(request.max_new_tokens),
-                    future, int(request.num_beams))
+                    future, int(request.num_beams), sampling=sampling,
+                    rng=None if sampling is None else sampling.generator())
 
     # -------------------------------------------------------------------------------------------------- loop
     def _loop(self) -> None:
@@ -215,10 +227,17 @@ class SlotEngine:
 
     def _take_admissions(self) -> list[_Job]:
         """Queued jobs for the free slots, first come first served (a request with beams waits for as many free
-        slots); their slots are taken."""
+        slots, and for the sampling requests to finish; a sampling request waits for the beam requests); their
+        slots are taken."""
         free = [slot for slot, job in enumerate(self._slots) if job is None]
+        active = [job for job in self._slots if job is not None]
+        beams, sampling = any(j.num_beams > 1 for j in active), any(j.sampling is not None for j in active)
         admitted = []
         while self._queue and len(free) >= self._queue[0].num_beams:
+            head = self._queue[0]
+            if (head.num_beams > 1 and sampling) or (head.sampling is not None and beams):
+                break
+            beams, sampling = beams or head.num_beams > 1, sampling or head.sampling is not None
             job = self._queue.popleft()
             job.slots, free = free[: job.num_beams], free[job.num_beams:]
             for slot in job.slots:
@@ -257,9 +276,18 @@ class SlotEngine:
         if any(job.beams is not None for job in jobs):               # beams need every slot's logits
             logits = self._state.step(tokens, positions, active, source_len, head="logits")
             chosen = logits.argmax(axis=1)                            # greedy rows: the first index of the maximum
+        elif any(job.sampling is not None for job in jobs):          # one setting and uniform number per slot
+            rows: list[SamplingParams | None] = [None] * b
+            uniform = np.zeros(b, np.float32)
+            for job in jobs:
+                if job.sampling is not None:
+                    rows[job.slots[0]] = job.sampling
+                    uniform[job.slots[0]] = job.rng.random(dtype=np.float32)
+            chosen = self._state.step(tokens, positions, active, source_len, head="sample",
+                                      **head_inputs(rows, uniform))
         else:
             chosen = self._state.step(tokens, positions, active, source_len)
-        finished, reorder = [], np.arange(b)
+        finished, failed, reorder = [], [], np.arange(b)
         for job in jobs:
             job.position += 1
             if job.beams is not None:
@@ -269,6 +297,9 @@ class SlotEngine:
                     finished.append(job)
                 continue
             token = job.forced if job.position == 1 and job.forced is not None else int(chosen[job.slots[0]])
+            if token < 0:                                             # the heads' answer to NaN logits
+                failed.append(job)
+                continue
             job.generated.append(token)
             if token == eos or len(job.generated) >= job.max_new_tokens:
                 finished.append(job)
@@ -277,12 +308,15 @@ class SlotEngine:
         with self._cond:
             self._useful_slot_steps += int(active.sum())
             self._slot_steps += b
-            for job in finished:
+            for job in finished + failed:
                 for slot in job.slots:
                     self._slots[slot] = None
             self._cond.notify_all()
         for job in finished:
             job.finish(start)
+        for job in failed:
+            job.fail(FloatingPointError(f"the model produced NaN logits at target position {job.position - 1}; "
+                                        "with amp='f16' use 'bf16' or 'f32', else check the weights"))
 
     def _fail_in_flight(self, error: Exception) -> None:
         with self._cond:

@@ -8,6 +8,8 @@ from typing import Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 
+from nllb_neuronx.sampling import SamplingParams
+
 
 class QueueFull(RuntimeError):
     """The engine's request queue holds `max_queue` requests already: retry later, or use `generate()`, which waits."""
@@ -18,28 +20,11 @@ class EngineClosed(RuntimeError):
 
 
 @dataclass(frozen=True)
-class SamplingParams:
-    """Per-request sampling: softmax(logits / temperature) within the top_k (0: all) most likely tokens and the
-    top_p nucleus, from a generator seeded with `seed`."""
-
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: int | None = None
-
-    def __post_init__(self):
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be positive, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must lie in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be 0 (no limit) or positive, got {self.top_k}")
-
-
-@dataclass(frozen=True)
 class GenerationRequest:
     """One line to translate. `input_ids`: source ids as the tokenizer gives them (language code ... </s>), no
-    padding. `forced_bos_token_id`: the target language token (None: the model chooses its first token)."""
+    padding. `forced_bos_token_id`: the target language token (None: the model chooses its first token).
+    `sampling`: None for greedy (or beam search with `num_beams` > 1), else how this request's tokens are drawn, from
+    its own generator seeded with `sampling.seed`."""
 
     input_ids: Sequence[int]
     forced_bos_token_id: int | None

@@ -2,7 +2,8 @@
 
 HF's `generate()` takes its defaults from that file; for an encoder-decoder model `max_length` counts the decoder
 start token, so it allows `max_length - 1` new tokens (the forced language token among them), and `max_new_tokens`
-wins over it. Without either HF allows 20 in all. `eos_token_id` may be a list: a row stops at any of them. Read with
+wins over it. Without either HF generates 20 new tokens (its default max_length, 20, counted after the
+prompt: `GenerationMixin._prepare_generated_length`). `eos_token_id` may be a list: a row stops at any of them. Read with
 json, not transformers' GenerationConfig, so greedy decoding keeps transformers out of the process.
 """
 
@@ -55,8 +56,10 @@ class GenerationDefaults:
             raise ValueError(f"{path}: eos_token_id must be a token id or a list of them, got {eos!r}")
         if c.get("max_new_tokens") is not None:
             max_new = int(c["max_new_tokens"])
-        else:
-            max_new = int(c.get("max_length") or HF_DEFAULT_MAX_LENGTH) - 1
+        elif c.get("max_length"):
+            max_new = int(c["max_length"]) - 1
+        else:  # HF's "model-agnostic default": max_length 20 counted after the prompt (the decoder start), 20 new
+            max_new = HF_DEFAULT_MAX_LENGTH
         return cls(max_new_tokens=max_new, eos_token_ids=tuple(eos),
                    decoder_start_token_id=token("decoder_start_token_id", model.decoder_start_token_id),
                    pad_token_id=token("pad_token_id", model.pad_token_id),

@@ -3,7 +3,9 @@
 - `logits`: all-gathered [V_padded, B], for the host (HF generate(), beam search, custom loops).
 - `greedy`: the first index of the maximum over the whole vocabulary, s32[B], chosen on the device.
 - `sample`: one token per row drawn on the device, s32[B]: temperature, top-k, top-p (as HF's warpers apply them),
-  and an inverse-CDF draw with one uniform number per row from the host's seeded generator.
+  and an inverse-CDF draw with one uniform number per row from the host's seeded generator. Every parameter is per
+  row ([B]), so requests with different settings share a step; a row with temperature 0 is greedy (the first
+  candidate: the first index of the maximum, the `greedy` head's token).
 
 Written for neuronx-cc as AWS documents it (`hlo.targets.neuron` checks it): the rank comes from `hlo.rank()`,
 argmax is a reduce-max then a reduce-min, and sampling never sorts the whole vocabulary. Each rank keeps the
@@ -60,7 +62,8 @@ def sample(logits_local: hlo.Value, vocab_size: int, tp: int, temperature: hlo.V
     """Draw one token per row from softmax(logits / temperature) over the `max_top_k` (K) most likely tokens,
     restricted to the `top_k` largest (0, or more than K: all K) and to the smallest set whose mass reaches `top_p`
     (as HF: the most likely token always stays), by inverse CDF with `uniform` [B] in [0, 1): [V_local, B] -> s32[B],
-    -1 for a row with a NaN. For top_k <= K the draw is HF's. Sorts run over tiles of at most `tile` logits; every
+    -1 for a row with a NaN. `temperature` f32[B], `top_k` s32[B], `top_p` f32[B]: one setting per row; a row with
+    temperature 0 takes the most likely token (ties: the smallest id), exactly as `greedy`. For top_k <= K the draw is HF's. Sorts run over tiles of at most `tile` logits; every
     rank computes the same draw from the same all-gathered candidates."""
     ids = _global_ids(logits_local, tp)                                                     # [V_local, B]
     masked = _mask_padding(logits_local, ids, vocab_size)
@@ -120,24 +123,29 @@ def _take_along_tiles(x: hlo.Value, position: hlo.Value) -> hlo.Value:
 
 
 def _draw(values, ids, temperature, top_k, top_p, uniform) -> hlo.Value:
-    """Temperature, top-k, top-p and the inverse-CDF draw over candidates sorted largest first: [C, B] -> s32[B]."""
+    """Temperature, top-k, top-p and the inverse-CDF draw over candidates sorted largest first: [C, B] -> s32[B];
+    parameters per row ([B]); temperature 0: the first candidate."""
     c, b = values.dims
     neg_inf = hlo.full(float("-inf"), values.shape)
-    scaled = values / temperature                                                           # [C, B]
-    k = hlo.select(hlo.compare(top_k, 0, "GT"), hlo.minimum(top_k, c), hlo.constant(c, s32))
-    kth = _pick(scaled, hlo.broadcast(k - 1, [b]))                                          # [B]
+    greedy = hlo.compare(temperature, 0.0, "LE")                                            # [B]
+    safe = hlo.select(greedy, hlo.full(1.0, temperature.shape), temperature)                # no division by 0
+    scaled = values / hlo.broadcast_in_dim(safe, [c, b], [1])                               # [C, B]
+    k = hlo.select(hlo.compare(top_k, 0, "GT"), hlo.minimum(top_k, hlo.full(c, top_k.shape)),
+                   hlo.full(c, top_k.shape))                                                # [B]
+    kth = _pick(scaled, k - 1)                                                              # [B]
     scaled = hlo.select(hlo.compare(scaled, hlo.broadcast_in_dim(kth, [c, b], [1]), "GE"), scaled, neg_inf)
     probs = nn.softmax(scaled, 0)                                                           # [C, B]
     before = nn.cumsum(probs, 0) - probs                                                    # mass ahead of each
     rank = hlo.iota(s32[c, b], 0)
-    keep = hlo.or_(hlo.compare(before, hlo.broadcast(top_p, [c, b]), "LT"), hlo.compare(rank, 0, "EQ"))
+    keep = hlo.or_(hlo.compare(before, hlo.broadcast_in_dim(top_p, [c, b], [1]), "LT"), hlo.compare(rank, 0, "EQ"))
     probs = hlo.select(keep, probs, hlo.full(0.0, probs.shape))
     cdf = nn.cumsum(probs, 0)                                                               # [C, B]
     total = hlo.reduce_sum(probs, [0])                                                      # [B]
     target = hlo.broadcast_in_dim(uniform * total, [c, b], [1])
     position = hlo.reduce_sum(hlo.convert(hlo.compare(cdf, target, "LE"), s32), [0])        # candidates passed
     last = hlo.reduce_sum(hlo.convert(hlo.compare(probs, 0.0, "GT"), s32), [0]) - 1         # last kept candidate
-    return _pick(ids, hlo.minimum(position, last))
+    drawn = hlo.minimum(position, last)                                                     # [B]
+    return _pick(ids, hlo.select(greedy, hlo.full(0, drawn.shape), drawn))
 
 
 def _global_ids(logits_local: hlo.Value, tp: int) -> hlo.Value:

@@ -213,10 +213,13 @@ class NLLBForSampling:
         return self._state.decode_step(token_ids)
 
     @_exclusive
-    def next_tokens(self, token_ids, sampling: Sampling | None = None) -> np.ndarray:
+    def next_tokens(self, token_ids, sampling: Sampling | None = None,
+                    rng: np.random.Generator | None = None) -> np.ndarray:
         """Feed tokens as `decode_step` does and return the next token of each row, int64 [rows], chosen on the
-        device (greedy, or drawn as `sampling` says): only token ids come back to the host."""
-        return self._state.next_tokens(token_ids, sampling)
+        device (greedy, or drawn as `sampling` says, with one uniform number per batch row from `rng`, the caller's
+        generator: `rng = sampling.generator()` once per decode; None takes a fresh one, which a seeded `sampling`
+        refuses): only token ids come back to the host."""
+        return self._state.next_tokens(token_ids, sampling, rng)
 
     # ---------------------------------------------------------------------------------------------- sampling
     @_exclusive

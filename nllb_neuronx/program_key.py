@@ -1,13 +1,11 @@
 """The typed records of NLLBForSampling's public hooks: which program (the `ProgramKey` family: one key type per
 kind of program, each able to build its module), a program fetched (ProgramEvent), and how to draw tokens
-(Sampling)."""
+(`Sampling`, the same class as `SamplingParams`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import ClassVar
-
-import numpy as np
 
 import hlo
 from nllb_neuronx.decoder import build_decoder
@@ -16,6 +14,7 @@ from nllb_neuronx.program_spec import ProgramShapes
 from nllb_neuronx.reorder import build_reorder
 from nllb_neuronx.slot_encoder import build_slot_encoder
 from nllb_neuronx.slot_reorder import build_slot_reorder
+from nllb_neuronx.sampling import SamplingParams
 
 
 @dataclass(frozen=True)
@@ -126,16 +125,4 @@ class ProgramEvent:
     seconds: float
 
 
-class Sampling:
-    """How `next_tokens` draws: softmax(logits / temperature) within the `top_k` (0: all) most likely tokens and the
-    `top_p` nucleus, with uniform numbers from a generator seeded with `seed` (one per row and step)."""
-
-    def __init__(self, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None):
-        if not temperature > 0:
-            raise ValueError(f"temperature must be positive, got {temperature}")
-        if not 0 < top_p <= 1:
-            raise ValueError(f"top_p must lie in (0, 1], got {top_p}")
-        if top_k < 0:
-            raise ValueError(f"top_k must be 0 (no limit) or positive, got {top_k}")
-        self.temperature, self.top_k, self.top_p = float(temperature), int(top_k), float(top_p)
-        self.rng = np.random.default_rng(seed)
+Sampling = SamplingParams  # the one sampling record (nllb_neuronx/sampling.py), under its former name

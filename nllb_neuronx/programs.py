@@ -30,7 +30,7 @@ from nllb_neuronx.program_spec import ProgramShapes
 from nllb_neuronx.slot_encoder import insert_sizes
 
 LOCKSTEP_HEADS = ("logits", "greedy", "sample")   # decode_step, next_tokens greedy, next_tokens sampled
-SLOT_HEADS = ("greedy", "logits")                 # the engine's greedy rows; logits while a beam request is active
+SLOT_HEADS = ("greedy", "logits", "sample")  # greedy rows; logits while a beam request is active; sample for sampling
 
 
 def every_program(shapes: ProgramShapes) -> list[ProgramKey]:

@@ -18,9 +18,8 @@ def sample(state: DecodeState, defaults: GenerationDefaults, input_ids, attentio
     `defaults` (the checkpoint's generation_config.json)."""
     c = state.compile_config
     sampling = Sampling(temperature, top_k, top_p, seed) if do_sample else None
-    if do_sample and top_k > c.max_top_k:
-        raise ValueError(f"top_k={top_k} exceeds max_top_k={c.max_top_k}, the most tokens sampling draws among; "
-                         f"load the model with max_top_k={top_k} or more")
+    if sampling is not None:
+        sampling.check_top_k(c.max_top_k)
     state.programs.require_runtime()
     ids, mask = as_batch(input_ids, attention_mask, state.config.pad_token_id)
     if max_new_tokens is None:
@@ -35,8 +34,10 @@ def sample(state: DecodeState, defaults: GenerationDefaults, input_ids, attentio
     forced_bos_token_id = defaults.forced_bos_token_id if forced_bos_token_id is None else forced_bos_token_id
     forced = None if forced_bos_token_id is None else one_per_row(forced_bos_token_id, ids.shape[0])
     b = c.batch_size
+    rng = None if sampling is None else sampling.generator()      # one generator for the whole call
     chunks = [_sample_batch(state, ids[i: i + b], mask[i: i + b], max_new_tokens,
-                            None if forced is None else forced[i: i + b], start, eos, defaults.pad_token_id, sampling)
+                            None if forced is None else forced[i: i + b], start, eos, defaults.pad_token_id, sampling,
+                            rng)
               for i in range(0, ids.shape[0], b)]
     width = max(chunk.shape[1] for chunk in chunks)
     out = np.full((ids.shape[0], width), defaults.pad_token_id, np.int64)
@@ -47,7 +48,8 @@ def sample(state: DecodeState, defaults: GenerationDefaults, input_ids, attentio
     return out
 
 
-def _sample_batch(state: DecodeState, ids, mask, max_new_tokens, forced, start, eos, pad, sampling) -> np.ndarray:
+def _sample_batch(state: DecodeState, ids, mask, max_new_tokens, forced, start, eos, pad, sampling,
+                  rng) -> np.ndarray:
     """One batch of at most batch_size rows: [rows, 1 + generated], rows that stopped early padded with `pad`."""
     state.encode(ids, mask)
     rows = ids.shape[0]
@@ -55,7 +57,7 @@ def _sample_batch(state: DecodeState, ids, mask, max_new_tokens, forced, start, 
     done = np.zeros(rows, bool) if forced is None else np.isin(generated[0], eos)
     feed = np.stack([np.full(rows, start, np.int64)] + generated, axis=1)                     # [rows, 1 or 2]
     while len(generated) < max_new_tokens and not done.all():
-        token = state.next_tokens(feed, sampling)
+        token = state.next_tokens(feed, sampling, rng)
         token = np.where(done, pad, token)
         generated.append(token)
         done |= np.isin(token, eos)

@@ -63,18 +63,20 @@ class SlotState:
         return bucket
 
     def step(self, tokens: np.ndarray, positions: np.ndarray, active: np.ndarray, source_len: int,
-             head: str = "greedy") -> np.ndarray:
+             head: str = "greedy", **sample_inputs) -> np.ndarray:
         """Feed tokens[b] at positions[b] to every slot. Returns the greedy next token of each slot (-1 where not
-        active), or with head="logits" the float32 logits [B, vocab] (for checks and custom loops). Inactive slots
-        compute and write their own cache rows only, at positions a later occupant rewrites before reading them."""
-        if head not in ("greedy", "logits"):
-            raise ValueError(f"slot steps have a greedy or a logits head, got {head!r}")
+        active), with head="sample" the token drawn with `sample_inputs` (temperature, top_k, top_p, uniform: [B]
+        each, `sampling.head_inputs`), or with head="logits" the float32 logits [B, vocab] (for checks and custom
+        loops). Inactive slots compute and write their own cache rows only, at positions a later occupant rewrites
+        before reading them."""
+        if head not in ("greedy", "logits", "sample"):
+            raise ValueError(f"slot steps have a greedy, sample or logits head, got {head!r}")
         bucket = self.model.compile_config.decoder_bucket(int(positions[active].max()) + 1)
         state = self._state()
         self._tensors = None
         out = self.model.run_program(
             SlotStepKey(source_len, head, bucket), input_ids=tokens.astype(np.int32)[:, None],
-            start=positions.astype(np.int32), active=active.astype(np.int32), **state)
+            start=positions.astype(np.int32), active=active.astype(np.int32), **sample_inputs, **state)
         self._tensors = {**state, "cache_k": out["cache_k"], "cache_v": out["cache_v"]}
         if head == "logits":
             return np.array(out["logits"].numpy(0)[: self.model.config.vocab_size].T, np.float32, order="C")

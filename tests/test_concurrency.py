@@ -15,7 +15,7 @@ from tests.conftest import source_batch
 
 LINES = ["Hello world.", "How are you?", "The cat sat on the mat.", "Translation at scale is fun!",
          "Bonjour le monde.", "Wie geht es dir?", "Machines translate many languages every day.", "Hello cat."]
-JOBS = [  # (texts, target, kwargs): greedy through sample(), beams through the HF adapter
+JOBS = [  # (texts, target, kwargs): greedy and beams through the Translator's engine, sharing its steps
     (LINES, "fra_Latn", {}),
     (LINES[::-1], "deu_Latn", {}),
     (LINES[2:] + LINES[:2], "spa_Latn", dict(num_beams=2, max_new_tokens=10)),
@@ -32,6 +32,9 @@ def test_four_threads_equal_sequential_results(nllb_checkpoint):
     for _ in range(2):
         with ThreadPoolExecutor(len(JOBS)) as pool:
             assert list(pool.map(run, JOBS)) == sequential
+    with translator.model.exclusive(), ThreadPoolExecutor(1) as pool:   # the engine does not take the model lock:
+        assert pool.submit(run, JOBS[0]).result(timeout=120) == sequential[0]   # callers are not serialized
+    translator.close()
 
 
 class Interrupted(Exception):

@@ -159,8 +159,10 @@ def test_invalid_requests_fail_their_own_future(engine, model, tiny_checkpoint):
             f.result(timeout=10)
     with pytest.raises(ValueError, match="num_beams"):
         engine.submit(GenerationRequest([7, 2], 5, 4, num_beams=SLOTS + 1)).result(timeout=10)
-    with pytest.raises(NotImplementedError, match="sampling"):
-        engine.submit(GenerationRequest([7, 2], 5, 4, sampling=SamplingParams(top_k=5))).result(timeout=10)
+    with pytest.raises(ValueError, match="beam search with sampling"):
+        engine.submit(GenerationRequest([7, 2], 5, 4, num_beams=2, sampling=SamplingParams())).result(timeout=10)
+    with pytest.raises(ValueError, match="top_k=300 exceeds max_top_k=256"):
+        engine.submit(GenerationRequest([7, 2], 5, 4, sampling=SamplingParams(top_k=300))).result(timeout=10)
     with pytest.raises(ValueError, match="temperature"):
         SamplingParams(temperature=0.0)
     assert future.result(timeout=60).tolist() == hf_line(hf, good)
@@ -216,6 +218,33 @@ def test_close_without_drain_cancels_what_is_left(model, tiny_checkpoint):
     for request, future in zip(requests, futures):
         if not future.cancelled():
             assert future.result().tolist() == hf_line(hf, request)
+
+
+def test_sampled_requests_depend_only_on_their_seed_and_share_steps_with_greedy(engine, tiny_checkpoint):
+    """A seeded request draws the same ids alone and in a busy batch (other slots, greedy and sampled neighbours);
+    greedy requests in that batch stay token-exact with HF; every drawn token lies in the top_k of HF's logits for
+    its prefix; different seeds draw differently."""
+    _, hf = tiny_checkpoint
+    vocab, rng = hf.config.vocab_size, np.random.default_rng(5)
+    line = source(9, rng, vocab)
+    sampled = GenerationRequest(line, 5, max_new_tokens=20, sampling=SamplingParams(temperature=1.5, top_k=3, seed=11))
+    alone = engine.submit(sampled).result(timeout=120)
+    greedy = corpus(vocab, lengths=[4, 13, 7, 10, 3, 15], seed=6)
+    others = [GenerationRequest(source(n, rng, vocab), 6, max_new_tokens=23,
+                                sampling=SamplingParams(temperature=t, top_p=0.9, seed=s))
+              for n, t, s in [(6, 0.7, 1), (12, 1.2, 2), (3, 2.0, 3)]]
+    busy = [greedy[0], others[0], greedy[1], others[1], sampled, greedy[2], others[2], *greedy[3:], sampled]
+    results = list(engine.generate(busy))
+    assert results[4].tolist() == alone.tolist() and results[-1].tolist() == alone.tolist()
+    for request, ids in zip(busy, results):
+        if request.sampling is None:
+            assert ids.tolist() == hf_line(hf, request)
+    with torch.no_grad():
+        logits = hf(input_ids=torch.tensor([line]), decoder_input_ids=torch.tensor([alone[:-1].tolist()])).logits[0]
+    top3 = torch.topk(logits, 3).indices.numpy()
+    assert all(alone[t + 1] in top3[t] for t in range(2, len(alone) - 1))   # after start and the forced token
+    reseeded = GenerationRequest(line, 5, max_new_tokens=20, sampling=SamplingParams(temperature=1.5, top_k=3, seed=12))
+    assert engine.submit(reseeded).result(timeout=120).tolist() != alone.tolist()
 
 
 @pytest.fixture(scope="module")

@@ -38,7 +38,7 @@ def run_greedy(x: np.ndarray, tp: int) -> np.ndarray:
 
 
 def run_sample(x, tp, temperature, top_k, top_p, uniform, max_top_k, tile) -> np.ndarray:
-    spec = hlo.ParamSpec(logits=f32[PADDED // tp, ROWS], temperature=f32[()], top_k=s32[()], top_p=f32[()],
+    spec = hlo.ParamSpec(logits=f32[PADDED // tp, ROWS], temperature=f32[ROWS], top_k=s32[ROWS], top_p=f32[ROWS],
                          uniform=f32[ROWS])
     module = hlo.build(f"sample_tp{tp}_k{max_top_k}_tile{tile}", spec, lambda p: {"t": heads.sample(
         p.logits, VOCAB, tp, p.temperature, p.top_k, p.top_p, p.uniform, max_top_k, tile)})
@@ -46,7 +46,8 @@ def run_sample(x, tp, temperature, top_k, top_p, uniform, max_top_k, tile) -> np
     assert all(v.operands[0].dims[v.attrs["dimensions"][0]] <= tile
                for c in module.computations for v in c.instructions if v.opcode == "sort")
     out = get_runtime("xla-cpu", tp).compile(module)(
-        logits=shards(x, tp), temperature=np.float32(temperature), top_k=np.int32(top_k), top_p=np.float32(top_p),
+        logits=shards(x, tp), temperature=np.broadcast_to(np.float32(temperature), ROWS).copy(),
+        top_k=np.broadcast_to(np.int32(top_k), ROWS).copy(), top_p=np.broadcast_to(np.float32(top_p), ROWS).copy(),
         uniform=uniform)
     return out["t"].numpy(0)
 
@@ -55,15 +56,17 @@ def reference_sample(x, temperature, top_k, top_p, uniform, max_top_k):
     """HF's warpers (temperature, top-k, top-p) and an inverse-CDF draw, in float64, over the max_top_k most likely
     tokens. Also returns, per row, how close the draw came to a CDF boundary."""
     tokens, margins = [], []
-    for row in range(x.shape[1]):
+    rows = x.shape[1]
+    temperature, top_k, top_p = (np.broadcast_to(a, rows) for a in (temperature, top_k, top_p))
+    for row in range(rows):
         values = x[:VOCAB, row].astype(np.float64)
         ids = np.lexsort((np.arange(VOCAB), -values))[:max_top_k]                  # largest first, ties: smaller id
-        v = values[ids] / temperature
-        k = top_k if 0 < top_k <= ids.size else ids.size
+        v = values[ids] / temperature[row]
+        k = top_k[row] if 0 < top_k[row] <= ids.size else ids.size
         v = np.where(v >= v[k - 1], v, -np.inf)
         p = np.exp(v - v.max())
         p /= p.sum()
-        keep = (np.cumsum(p) - p < top_p) | (np.arange(p.size) == 0)
+        keep = (np.cumsum(p) - p < top_p[row]) | (np.arange(p.size) == 0)
         p = np.where(keep, p, 0.0)
         cdf, target = np.cumsum(p), uniform[row] * p.sum()
         position = min(int((cdf <= target).sum()), int((p > 0).sum()) - 1)
@@ -98,6 +101,31 @@ def test_sample_draws_as_hf_among_the_k_most_likely(tp, max_top_k, tile, tempera
     assert clear.mean() > 0.9
     np.testing.assert_array_equal(got[clear], want[clear])
     assert set(got.tolist()) <= set(np.argsort(-x[:VOCAB], axis=0)[:max_top_k].ravel().tolist())
+
+
+@pytest.mark.parametrize("tp", [1, 2])
+def test_sample_settings_per_row_and_temperature_zero_is_greedy(tp):
+    """Rows with different temperature, top-k and top-p share one call, each drawn as HF would alone; rows with
+    temperature 0 take exactly the greedy head's token (ties and NaN rows included)."""
+    x = logits_batch(5)
+    x[[7, 50, 90], 0] = 50.0                          # a tie across shards on a greedy row: the smallest id
+    x[60, 4] = np.nan                                 # a NaN greedy row: -1, as greedy
+    rng = np.random.default_rng(6)
+    temperature = rng.choice([0.0, 0.6, 1.0, 1.7], ROWS).astype(np.float32)
+    temperature[[0, 4]] = 0.0
+    top_k = rng.choice([0, 1, 3, 20], ROWS).astype(np.int32)
+    top_p = rng.choice([1.0, 0.5, 0.9], ROWS).astype(np.float32)
+    uniform = rng.random(ROWS, dtype=np.float32)
+    got = run_sample(x, tp, temperature, top_k, top_p, uniform, max_top_k=8, tile=16)
+    greedy = temperature == 0
+    np.testing.assert_array_equal(got[greedy], run_greedy(x, tp)[greedy])
+    assert got[0] == 7 and got[4] == -1
+    sampled = ~greedy
+    want, margin = reference_sample(x[:, sampled], temperature[sampled], top_k[sampled], top_p[sampled],
+                                    uniform[sampled].astype(np.float64), 8)
+    clear = margin > 1e-5
+    assert clear.mean() > 0.9
+    np.testing.assert_array_equal(got[sampled][clear], want[clear])
 
 
 def test_sample_tiles_change_nothing_and_nan_rows_get_minus_one():

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from nllb_neuronx.sampling import SamplingParams
 from nllb_neuronx.translator import Translator
 
 SHAPE = dict(batch_size=4, n_positions=[16, 32], encoder_buckets=[16, 32])
@@ -19,16 +20,19 @@ TEXTS = ["Hello world.", "", "How are you?", "The cat sat on the mat.", "Bonjour
 
 @pytest.fixture(scope="module")
 def translator(nllb_checkpoint):
-    return Translator.from_pretrained(nllb_checkpoint[0], **SHAPE)
+    with Translator.from_pretrained(nllb_checkpoint[0], **SHAPE) as translator:
+        yield translator
 
 
-def hf_translate(nllb_checkpoint, text, tgt, max_new_tokens=32, **kwargs):
+def hf_translate(nllb_checkpoint, text, tgt, max_new_tokens=None, **kwargs):
+    """HF generate() on that one line; max_new_tokens None: the checkpoint's generation_config, as the Translator."""
     path, hf, tokenizer = nllb_checkpoint
     tokenizer.src_lang = "eng_Latn"
     enc = tokenizer([text], return_tensors="pt")
+    if max_new_tokens is not None:
+        kwargs["max_new_tokens"] = max_new_tokens
     with torch.no_grad():
-        out = hf.generate(**enc, forced_bos_token_id=tokenizer.convert_tokens_to_ids(tgt),
-                          max_new_tokens=max_new_tokens, **kwargs)
+        out = hf.generate(**enc, forced_bos_token_id=tokenizer.convert_tokens_to_ids(tgt), **kwargs)
     return tokenizer.batch_decode(out, skip_special_tokens=True)[0]
 
 
@@ -38,6 +42,8 @@ def test_translate_equals_hf_row_by_row_and_keeps_order(translator, nllb_checkpo
     expected = [hf_translate(nllb_checkpoint, t, "fra_Latn") if t else "" for t in TEXTS]
     assert out == expected
     assert translator.translate(TEXTS, "eng_Latn", "fra_Latn") == out  # deterministic
+    long = [hf_translate(nllb_checkpoint, t, "fra_Latn", max_new_tokens=32) if t else "" for t in TEXTS]
+    assert translator.translate(TEXTS, "eng_Latn", "fra_Latn", max_new_tokens=32) == long
 
 
 def test_per_row_target_languages(translator):
@@ -134,7 +140,8 @@ def test_artifacts_round_trip_compile_nothing(nllb_checkpoint, tmp_path, monkeyp
 
 
 def test_cli_compile_and_concurrent_compiles_leave_a_valid_store(nllb_checkpoint, tmp_path):
-    """Two `compile` processes write one store at the same time (the second starts once the first has written a
+    """Two `compile` processes write one store (11 programs: encoder, reorder, 3 heads x (P1 t8, P2 t8, P1 t16))
+    at the same time (the second starts once the first has written a
     program and while it still runs); a fresh process then loads the store and compiles nothing."""
     import time
 
@@ -285,11 +292,58 @@ def test_cli_jsonl_per_row_targets(nllb_checkpoint, translator, tmp_path):
 
 def test_translate_stream_in_blocks_keeps_order_and_stream_indices(translator):
     items = iter(TEXTS + [("Hello world.", "deu_Latn")])
-    out = list(translator.translate_stream(items, "eng_Latn", "fra_Latn", block_size=2))
+    out = list(translator.translate_stream(items, "eng_Latn", "fra_Latn", read_ahead=2))
     assert out == translator.translate(TEXTS, "eng_Latn", "fra_Latn") + translator.translate(
         ["Hello world."], "eng_Latn", "deu_Latn")
     stream = translator.translate_stream(iter(["Hi.", "Yo.", "Ok.", "Hello world. " * 20]), "eng_Latn", "fra_Latn",
-                                         block_size=2)
+                                         read_ahead=2)
     assert next(stream) == translator.translate(["Hi."], "eng_Latn", "fra_Latn")[0]
     with pytest.raises(ValueError, match=r"^text 3 has \d+ tokens"):   # its index in the stream, not the block
         list(stream)
+
+
+def test_translate_stream_reads_ahead_a_bounded_number_of_lines(translator):
+    """A consumer that takes one translation and waits: the reader stops read_ahead lines (plus the one it holds)
+    ahead, whatever the input's length."""
+    import itertools
+    import time
+
+    read = []
+
+    def endless():
+        for i in itertools.count():
+            read.append(i)
+            yield TEXTS[i % len(TEXTS)]
+
+    stream = translator.translate_stream(endless(), "eng_Latn", "fra_Latn", read_ahead=3)
+    assert next(stream) == translator.translate(TEXTS[:1], "eng_Latn", "fra_Latn")[0]
+    time.sleep(1.0)
+    assert len(read) <= 1 + 3 + 2
+    stream.close()
+
+
+def test_sampling_runs_on_the_engine_seeded_per_line(translator):
+    kwargs = dict(do_sample=True, temperature=1.5, top_p=0.9, seed=3)
+    a = translator.translate(TEXTS, "eng_Latn", "fra_Latn", **kwargs)
+    assert a == translator.translate(TEXTS, "eng_Latn", "fra_Latn", **kwargs) and a[1] == ""
+    assert a != translator.translate(TEXTS, "eng_Latn", "fra_Latn", **{**kwargs, "seed": 4})
+    requests = translator.requests(TEXTS, "eng_Latn", "fra_Latn", sampling=SamplingParams(seed=3))
+    assert [len(r) for r in requests] == [1, 0, 1, 1, 1, 1]
+    assert len({r[0].sampling.seed for r in requests if r}) == 5          # a seed of its own per line
+    with pytest.raises(ValueError, match="top_k=300 exceeds max_top_k=256"):
+        translator.translate(["Hi."], "eng_Latn", "fra_Latn", do_sample=True, top_k=300)
+
+
+def test_options_the_engine_lacks_go_to_hf_generate(translator, nllb_checkpoint):
+    """no_repeat_ngram_size and a length penalty are HF generate() options: the adapter runs them, as HF would."""
+    for kwargs in (dict(no_repeat_ngram_size=2), dict(num_beams=2, length_penalty=0.5, max_new_tokens=12)):
+        out = translator.translate(TEXTS[:4], "eng_Latn", "fra_Latn", **kwargs)
+        assert out == [hf_translate(nllb_checkpoint, t, "fra_Latn", **kwargs) if t else "" for t in TEXTS[:4]]
+
+
+def test_requests_and_decode_round_trip(translator):
+    """The text <-> request helpers a server reuses: submitting the requests gives translate()'s text."""
+    requests = translator.requests(TEXTS, "eng_Latn", ["fra_Latn", "deu_Latn"] * 3, max_new_tokens=10)
+    engine = translator.engine()
+    texts = [" ".join(translator.decode(engine.submit(r).result()) for r in rs) for rs in requests]
+    assert texts == translator.translate(TEXTS, "eng_Latn", ["fra_Latn", "deu_Latn"] * 3, max_new_tokens=10)

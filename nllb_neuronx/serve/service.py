@@ -34,7 +34,7 @@ class RequestError(ValueError):
 @dataclass(frozen=True)
 class TranslationOptions:
     num_beams: int = 1
-    max_new_tokens: int | None = None      # None: the largest decoder bucket
+    max_new_tokens: int | None = None      # None: generation_config's default, capped at the largest bucket
     sampling: SamplingParams | None = None
     split_long: bool = False
 
@@ -98,7 +98,8 @@ class TranslationService:
                                "text")
         self.language_id(source, "source")
         forced = [self.language_id(code) for code in targets]
-        max_new = self.max_new_tokens if options.max_new_tokens is None else options.max_new_tokens
+        default = min(self.model.generation_defaults.max_new_tokens, self.max_new_tokens)  # as Translator's
+        max_new = default if options.max_new_tokens is None else options.max_new_tokens
         if not 1 <= max_new <= self.max_new_tokens:
             raise RequestError(f"max_new_tokens must lie in [1, {self.max_new_tokens}] (the largest decoder bucket "
                                f"this server compiled), got {max_new}")
