@@ -57,9 +57,10 @@ def test_every_program_is_clean(tiny_model, tp, amp):
     kinds = {name.split("_b")[0] for name in names}
     assert kinds == {"nllb_encoder", "nllb_reorder", "nllb_decoder_logits", "nllb_decoder_greedy",
                      "nllb_decoder_sample_k256", "nllb_slot_encoder", "nllb_slot_reorder"}
-    slots = {f"nllb_decoder_{h}_b2_p1_t8_s8_of16_tp{tp}" for h in ("greedy", "logits")}  # steps: 8 of 16 stored
+    slots = {f"nllb_decoder_{h}_b2_p1_t8_s8_of16_tp{tp}"                             # steps: 8 of 16 stored
+             for h in ("greedy", "logits", "sample_k256")}
     assert {n for n in names if "_of16_" in n} == slots | {f"nllb_slot_encoder_b2_k2_s8_of16_tp{tp}"}
-    assert len(names) == 1 + 1 + 2 * 3 + 1 + 2 + 1  # encoder, reorder, decoders (P 1 and 2, 3 heads), slot programs
+    assert len(names) == 1 + 1 + 2 * 3 + 1 + 3 + 1  # encoder, reorder, decoders (P 1 and 2, 3 heads), slot programs
 
 
 NLLB_600M = ModelConfig(vocab_size=256206, d_model=1024, encoder_layers=12, decoder_layers=12,
