@@ -17,7 +17,7 @@ def test_default_shape_lists_no_prefix_program_that_never_runs(tiny_checkpoint):
     assert {k.target_len for k in prefix} == {64}                        # the two-token prefix runs only at position 0
     heads = 3                                                          # logits, greedy, sample
     lockstep = 4 * 2 + 4 * 3 * heads + 4 * heads                       # encoder + reorder, 1-token steps, prefixes: 56
-    slots = 4 * 1 + 3 * 3 * 2 + 1    # slot encoders (insert size 1 at batch 1), steps (2 heads, below S_max), reorder
+    slots = 4 * 1 + 3 * 3 * heads + 1  # slot encoders (insert size 1 at batch 1), steps (below S_max), reorder
     assert len(keys) == lockstep + slots
     # at the largest source bucket the slot step reads all the stored K/V: the lockstep program, listed once
     assert SlotStepKey(256, "greedy", 64).canonical(model.shapes) == DecoderKey(256, "greedy", 1, 64)

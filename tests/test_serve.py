@@ -25,6 +25,7 @@ from nllb_neuronx.translator import Translator
 SHAPE = ["--batch-size", "4", "--n-positions", "64", "--encoder-buckets", "16"]
 TEXTS = ["Hello world.", "", "How are you?", "The cat sat on the mat.", "Bonjour le monde.", "Wie geht es dir?"]
 BUSY = ["How are you?"] * 4       # fills the 4 slots for 63 decode steps (this random model never stops early)
+LONG = 63                         # max_new_tokens that keeps BUSY lines decoding (the default is the checkpoint's 20)
 STARTUP_S = 300    # the machine may be busy: every wait is bounded, generously
 
 
@@ -207,7 +208,8 @@ def test_too_long_text_is_400_unless_split_long(server, translator):
 def test_client_disconnect_withdraws_its_lines(server):
     before = server.metric("nllb_lines_cancelled_total", reason="disconnect")
     with pytest.raises(httpx.ReadTimeout):
-        v1(server, timeout=0.3, texts=BUSY * 16, source="eng_Latn", target="fra_Latn")
+        v1(server, timeout=0.3, texts=BUSY * 16, source="eng_Latn", target="fra_Latn",
+              max_new_tokens=LONG)
     server.wait_metric("nllb_lines_cancelled_total", lambda v: v > before, reason="disconnect")
     server.wait_metric("nllb_queue_depth", lambda v: v == 0)
     server.wait_metric("nllb_active_slots", lambda v: v == 0)
@@ -229,10 +231,12 @@ def test_full_queue_is_503_with_retry_after(servers):
     rejected = []
     with ThreadPoolExecutor(6) as pool:
         for _ in range(5):                          # a few rounds: the queue is full only while lines wait in it
-            running = pool.submit(v1, overload, texts=BUSY, source="eng_Latn", target="fra_Latn")
+            running = pool.submit(v1, overload, texts=BUSY, source="eng_Latn", target="fra_Latn",
+                                   max_new_tokens=LONG)
             if not overload.busy_while(running):
                 continue
-            more = [pool.submit(v1, overload, texts=BUSY, source="eng_Latn", target="fra_Latn")] + [
+            more = [pool.submit(v1, overload, texts=BUSY, source="eng_Latn", target="fra_Latn",
+                                   max_new_tokens=LONG)] + [
                 pool.submit(v1, overload, texts=["Hi."], source="eng_Latn", target="fra_Latn") for _ in range(4)]
             assert running.result().status_code == 200
             answers = [f.result() for f in more]
@@ -249,7 +253,8 @@ def test_full_queue_is_503_with_retry_after(servers):
 
 def test_past_the_request_timeout_is_504_and_frees_the_slots(servers):
     slow = servers["slow"].wait_ready()
-    r = v1(slow, texts=BUSY * 16, source="eng_Latn", target="fra_Latn")    # 16 rounds of 63 steps
+    r = v1(slow, texts=BUSY * 16, source="eng_Latn", target="fra_Latn",
+              max_new_tokens=LONG)    # 16 rounds of 63 steps
     assert r.status_code == 504 and "request timeout (0.3 s)" in r.json()["error"]
     assert slow.metric("nllb_lines_cancelled_total", reason="timeout") >= 1
     slow.wait_metric("nllb_queue_depth", lambda v: v == 0)
@@ -260,7 +265,8 @@ def test_past_the_request_timeout_is_504_and_frees_the_slots(servers):
 def test_sigterm_answers_the_requests_in_flight_and_exits_0(server):
     """Stops the main server: the last test to use it."""
     with ThreadPoolExecutor(1) as pool:
-        in_flight = pool.submit(v1, server, texts=BUSY * 16, source="eng_Latn", target="fra_Latn")  # 16 rounds
+        in_flight = pool.submit(v1, server, texts=BUSY * 16, source="eng_Latn", target="fra_Latn",
+              max_new_tokens=LONG)  # 16 rounds
         assert server.busy_while(in_flight, "nllb_queue_depth"), "the request ended before the test saw it queued"
         server.process.send_signal(signal.SIGTERM)                   # lines decoding and lines queued
         answer = in_flight.result()
