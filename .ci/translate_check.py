@@ -15,7 +15,7 @@ from pathlib import Path
 
 TEXTS = ["Hello world.", "", "How are you?", "The cat sat on the mat.", "Bonjour le monde.", "Wie geht es dir?"]
 SHAPE = ["--batch-size", "4", "--n-positions", "16,32", "--encoder-buckets", "16,32"]
-MAX_NEW_TOKENS = 32  # the largest n_positions bucket: what the CLI generates at most
+MAX_NEW_TOKENS = 32  # the largest n_positions bucket, asked of both (the CLI defaults to generation_config's)
 
 
 def make(root: Path) -> None:
@@ -62,7 +62,8 @@ def check(root: Path) -> None:
     if importlib.util.find_spec("torch") is not None:
         sys.exit("torch is installed in this environment: `pip install .` must not bring it")
     command = [sys.executable, "-m", "nllb_neuronx.cli", "translate", "--model", str(root / "checkpoint"),
-               "--src", "eng_Latn", "--tgt", "fra_Latn", "--backend", "xla-cpu", *SHAPE]
+               "--src", "eng_Latn", "--tgt", "fra_Latn", "--backend", "xla-cpu", *SHAPE,
+               "--max-new-tokens", str(MAX_NEW_TOKENS)]
     done = subprocess.run(command, input=(root / "input.txt").read_bytes(), capture_output=True)
     if done.returncode != 0:
         sys.exit(f"nllb-neuronx translate failed (exit {done.returncode}):\n{done.stderr.decode()}")

@@ -85,6 +85,7 @@ def instruction_proto(v: Value):
     if "custom_call_target" in a:
         inst.custom_call_target = a["custom_call_target"]
         inst.backend_config = a["backend_config"].encode()
+        inst.custom_call_api_version = 1  # API_VERSION_ORIGINAL: a string backend_config, as XlaBuilder writes it
     if "replica_groups" in a:
         # the legacy field (49): every XLA consumer reads it, including older ones such as neuronx-cc
         for group in a["replica_groups"]:

@@ -111,6 +111,7 @@ _SCHEMA: dict[str, list[tuple]] = {
         ("indices_are_sorted", 67, BOOL),
         ("use_global_device_ids", 71, BOOL),
         ("comparison_type", 72, STRING),
+        ("custom_call_api_version", 77, INT32),
     ],
     "HloComputationProto": [
         ("name", 1, STRING),

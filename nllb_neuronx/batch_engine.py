@@ -25,7 +25,8 @@ from typing import Iterable, Iterator
 
 import numpy as np
 
-from nllb_neuronx.engine_api import EngineClosed, EngineStats, GenerationRequest, QueueFull, SamplingParams
+from nllb_neuronx.engine_api import (EngineClosed, EngineStats, GenerationRequest, QueueFull, SamplingParams,
+                                     check_request)
 from nllb_neuronx.model import NLLBForSampling
 
 log = logging.getLogger(__name__)
@@ -105,20 +106,7 @@ class BatchEngine:
 
     # ------------------------------------------------------------------------------------------------ checks
     def _validate(self, r: GenerationRequest) -> None:
-        c = self.model.compile_config
-        if len(r.input_ids) == 0:
-            raise ValueError("input_ids is empty: a request needs at least one token")
-        if len(r.input_ids) > c.encoder_buckets[-1]:
-            raise ValueError(f"input_ids has {len(r.input_ids)} tokens, more than the largest encoder bucket "
-                             f"({c.encoder_buckets[-1]})")
-        if not 1 <= r.max_new_tokens <= c.max_target_length:
-            raise ValueError(f"max_new_tokens must lie in [1, {c.max_target_length}] (the largest decoder bucket), "
-                             f"got {r.max_new_tokens}")
-        if not 1 <= r.num_beams <= self.model.batch_size:
-            raise ValueError(f"num_beams must lie in [1, {self.model.batch_size}] (the compiled batch_size), "
-                             f"got {r.num_beams}")
-        if r.num_beams > 1 and r.sampling is not None:
-            raise ValueError("beam search with sampling is not supported: give num_beams=1 or no sampling")
+        check_request(r, self.model.config.vocab_size, self.model.compile_config, self.model.batch_size)
 
     # ------------------------------------------------------------------------------------------------ worker
     def _withdraw(self, pending: _Pending) -> None:

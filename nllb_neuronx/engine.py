@@ -36,7 +36,8 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from nllb_neuronx.beam import BeamSearch
-from nllb_neuronx.engine_api import EngineClosed, EngineStats, GenerationRequest, QueueFull, SamplingParams
+from nllb_neuronx.engine_api import (EngineClosed, EngineStats, GenerationRequest, QueueFull, SamplingParams,
+                                     check_request)
 from nllb_neuronx.sampling import head_inputs
 from nllb_neuronx.slot_state import SlotState
 
@@ -163,37 +164,9 @@ class SlotEngine:
 
     def _check(self, request: GenerationRequest, future: Future) -> _Job:
         """The request as a job, or a ValueError naming what is wrong with it and the fix."""
-        vocab, longest = self._config.vocab_size, self._compile.encoder_buckets[-1]
-        slots = len(self._slots)
-        if not isinstance(request.num_beams, (int, np.integer)) or not 1 <= request.num_beams <= slots:
-            raise ValueError(f"num_beams must lie in [1, {slots}] (each beam takes one of the batch_size={slots} "
-                             f"slots), got {request.num_beams!r}; compile with a larger batch_size for more beams")
-        sampling = request.sampling
-        if sampling is not None:
-            if not isinstance(sampling, SamplingParams):
-                raise ValueError(f"sampling must be a SamplingParams or None (greedy), got {type(sampling).__name__}")
-            if request.num_beams > 1:
-                raise ValueError("beam search with sampling is not supported: use num_beams=1 with sampling, or "
-                                 "sampling=None with beams")
-            sampling.check_top_k(self._compile.max_top_k)
-        source = np.asarray(request.input_ids)
-        if source.ndim != 1 or source.size == 0:
-            raise ValueError(f"input_ids must be a non-empty sequence of token ids, got shape {list(source.shape)}")
-        if not np.issubdtype(source.dtype, np.integer):
-            raise ValueError(f"input_ids must be integer token ids, got {source.dtype}")
-        if source.min() < 0 or source.max() >= vocab:
-            raise ValueError(f"input_ids must lie in [0, {vocab}), got {source.min()}..{source.max()}")
-        if source.size > longest:
-            raise ValueError(f"a source of {source.size} tokens is longer than the largest encoder bucket {longest}; "
-                             "split the line or compile with a larger encoder bucket")
-        forced = request.forced_bos_token_id
-        if forced is not None and not (isinstance(forced, (int, np.integer)) and 0 <= forced < vocab):
-            raise ValueError(f"forced_bos_token_id must be a token id in [0, {vocab}) or None, got {forced!r}")
-        limit = self._compile.max_target_length
-        if not isinstance(request.max_new_tokens, (int, np.integer)) or not 1 <= request.max_new_tokens <= limit:
-            raise ValueError(f"max_new_tokens must lie in [1, {limit}] (the largest decoder bucket), got "
-                             f"{request.max_new_tokens!r}; compile with a larger n_positions bucket for more")
-        return _Job(source.astype(np.int32), None if forced is None else int(forced), int(request.max_new_tokens),
+        source = check_request(request, self._config.vocab_size, self._compile, len(self._slots))
+        forced, sampling = request.forced_bos_token_id, request.sampling
+        return _Job(source, None if forced is None else int(forced), int(request.max_new_tokens),
                     future, int(request.num_beams), sampling=sampling,
                     rng=None if sampling is None else sampling.generator())
 

@@ -33,6 +33,40 @@ class GenerationRequest:
     sampling: SamplingParams | None = None
 
 
+def check_request(request: GenerationRequest, vocab_size: int, compile_config, slots: int) -> np.ndarray:
+    """The request's source ids as int32, or a ValueError naming what is wrong and the fix. Both engines check with
+    this: `compile_config` the model's `CompileConfig`, `slots` its batch_size (each beam takes one)."""
+    longest, limit = compile_config.encoder_buckets[-1], compile_config.max_target_length
+    if not isinstance(request.num_beams, (int, np.integer)) or not 1 <= request.num_beams <= slots:
+        raise ValueError(f"num_beams must lie in [1, {slots}] (each beam takes one of the batch_size={slots} "
+                         f"slots), got {request.num_beams!r}; compile with a larger batch_size for more beams")
+    sampling = request.sampling
+    if sampling is not None:
+        if not isinstance(sampling, SamplingParams):
+            raise ValueError(f"sampling must be a SamplingParams or None (greedy), got {type(sampling).__name__}")
+        if request.num_beams > 1:
+            raise ValueError("beam search with sampling is not supported: use num_beams=1 with sampling, or "
+                             "sampling=None with beams")
+        sampling.check_top_k(compile_config.max_top_k)
+    source = np.asarray(request.input_ids)
+    if source.ndim != 1 or source.size == 0:
+        raise ValueError(f"input_ids must be a non-empty sequence of token ids, got shape {list(source.shape)}")
+    if not np.issubdtype(source.dtype, np.integer):
+        raise ValueError(f"input_ids must be integer token ids, got {source.dtype}")
+    if source.min() < 0 or source.max() >= vocab_size:
+        raise ValueError(f"input_ids must lie in [0, {vocab_size}), got {source.min()}..{source.max()}")
+    if source.size > longest:
+        raise ValueError(f"a source of {source.size} tokens is longer than the largest encoder bucket {longest}; "
+                         "split the line or compile with a larger encoder bucket")
+    forced = request.forced_bos_token_id
+    if forced is not None and not (isinstance(forced, (int, np.integer)) and 0 <= forced < vocab_size):
+        raise ValueError(f"forced_bos_token_id must be a token id in [0, {vocab_size}) or None, got {forced!r}")
+    if not isinstance(request.max_new_tokens, (int, np.integer)) or not 1 <= request.max_new_tokens <= limit:
+        raise ValueError(f"max_new_tokens must lie in [1, {limit}] (the largest decoder bucket), got "
+                         f"{request.max_new_tokens!r}; compile with a larger n_positions bucket for more")
+    return source.astype(np.int32)
+
+
 @dataclass(frozen=True)
 class EngineStats:
     """A snapshot: slots in all and in use, requests waiting, and slot-steps spent (useful: a request's row)."""

@@ -103,8 +103,8 @@ def test_full_queue_cancel_and_close(model):
 
 
 @pytest.mark.parametrize("request_, message", [
-    (GenerationRequest([], 10, 3), "input_ids is empty"),
-    (GenerationRequest([5] * 17, 10, 3), r"17 tokens, more than the largest encoder bucket \(16\)"),
+    (GenerationRequest([], 10, 3), "input_ids must be a non-empty sequence"),
+    (GenerationRequest([5] * 17, 10, 3), r"a source of 17 tokens is longer than the largest encoder bucket 16"),
     (GenerationRequest([5, 2], 10, 0), r"max_new_tokens must lie in \[1, 16\]"),
     (GenerationRequest([5, 2], 10, 17), r"max_new_tokens must lie in \[1, 16\]"),
     (GenerationRequest([5, 2], 10, 3, num_beams=5), r"num_beams must lie in \[1, 4\]"),
