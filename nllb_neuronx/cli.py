@@ -28,13 +28,18 @@ class InputError(Exception):
     """Bad input from the user: reported on stderr, exit code 2."""
 
 
-def _shape_options(parser: argparse.ArgumentParser) -> None:
+def _program_options(parser: argparse.ArgumentParser) -> None:
+    """What decides the programs: the model and the compiled shape."""
     parser.add_argument("--model", required=True, help="HF checkpoint directory (or hub id)")
     parser.add_argument("--tp", type=int, default=1, help="tensor-parallel degree")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--amp", default="f32", choices=["f32", "bf16", "f16"])
     parser.add_argument("--n-positions", default="64,128,256", help="decoder buckets, comma-separated")
     parser.add_argument("--encoder-buckets", default="32,64,128,256", help="source buckets, comma-separated")
+
+
+def _shape_options(parser: argparse.ArgumentParser) -> None:
+    _program_options(parser)
     parser.add_argument("--backend", default=None, choices=["xla-cpu", "xla-gpu", "neuron"])
     parser.add_argument("--compiled-dir", default=None, help="compiled artifacts to load (see `compile`)")
 
@@ -281,13 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--out", required=True, help="artifacts directory")
     ex = sub.add_parser("export-hlo", help="write every program's HLO (.hlo.pb, .hlo.txt) and a manifest; check "
                                            "them for Neuron (exit 1 listing violations)")
-    ex.add_argument("--model", required=True, help="HF checkpoint directory (or hub id); no weight is read")
+    _program_options(ex)                                            # no weight is read
     ex.add_argument("--out", required=True, help="directory to write into")
-    ex.add_argument("--tp", type=int, default=1, help="tensor-parallel degree")
-    ex.add_argument("--batch-size", type=int, default=8)
-    ex.add_argument("--amp", default="f32", choices=["f32", "bf16", "f16"])
-    ex.add_argument("--n-positions", default="64,128,256", help="decoder buckets, comma-separated")
-    ex.add_argument("--encoder-buckets", default="32,64,128,256", help="source buckets, comma-separated")
     ex.add_argument("--max-top-k", type=int, default=256, help="sampling draws among this many most likely tokens")
     info = sub.add_parser("info", help="backends, devices and versions found")
     info.add_argument("--model", default=None)
