@@ -41,11 +41,16 @@ class ToyTask:
     source_words: int = 60
     bpe_vocab_size: int = 400
     lean: float = 1.5  # how strongly a sentence favours words with short or long translations
+    # No word twice in a sentence: the decoder then finds its place in the source by content alone, which a one-layer
+    # model learns for long lines too (with repeats it jumps back to an earlier occurrence and loops). Needs
+    # source_words above the longest sentence's word count.
+    distinct_words: bool = False
+    max_fertility: int = 3  # target words per source word: 1..max_fertility
 
     def __post_init__(self):
-        if self.source_words < 4 or self.bpe_vocab_size < 64 or self.lean < 0:
-            raise ValueError(f"ToyTask needs at least 4 source words, a BPE vocabulary of at least 64 "
-                             f"and lean >= 0, got {self}")
+        if self.source_words < 4 or self.bpe_vocab_size < 64 or self.lean < 0 or self.max_fertility < 1:
+            raise ValueError(f"ToyTask needs at least 4 source words, a BPE vocabulary of at least 64, "
+                             f"lean >= 0 and max_fertility >= 1, got {self}")
 
     def dictionary(self) -> dict[str, tuple[str, ...]]:
         """Source word -> one to three target words, no target word shared between two source words (so the last
@@ -55,7 +60,7 @@ class ToyTask:
     def _make_dictionary(self) -> dict[str, tuple[str, ...]]:
         rng = np.random.default_rng([self.seed, 1])
         sources = _words(rng, self.source_words, "bdgklmnprstv", "aeiou")
-        sizes = rng.integers(1, 4, len(sources))
+        sizes = rng.integers(1, self.max_fertility + 1, len(sources))
         targets = iter(_words(rng, int(sizes.sum()), "cfhjqwxz", "aeiouy"))
         return {s: tuple(next(targets) for _ in range(k)) for s, k in zip(sources, sizes)}
 
@@ -69,8 +74,12 @@ class ToyTask:
         weights = np.exp(lean * (expansion - 2.0))
         weights /= weights.sum()
         chosen, budget = [], source_tokens - 2
+        order = iter(rng.choice(len(words), len(words), replace=False, p=weights)) if self.distinct_words else None
         while True:
-            word = words[int(rng.choice(len(words), p=weights))]
+            index = next(order, None) if order is not None else int(rng.choice(len(words), p=weights))
+            if index is None:
+                break
+            word = words[int(index)]
             if chosen and token_counts[word] > budget:
                 break
             chosen.append(word)

@@ -42,6 +42,21 @@ def test_corpus_lengths_spread_and_ratio_varies(task_tokenizer):
         toy_task.corpus(task, task_tokenizer, 10, min_tokens=2)
 
 
+def test_distinct_words_and_fertility():
+    task = toy_task.ToyTask(source_words=40, bpe_vocab_size=200, distinct_words=True, max_fertility=2)
+    assert {len(t) for t in task.dictionary().values()} == {1, 2}
+    tokenizer = task.tokenizer()
+    lines = toy_task.corpus(task, tokenizer, 40, max_tokens=60)
+    for source, reference in lines:
+        words = source.split()
+        assert len(words) == len(set(words))                   # no word twice in a sentence
+        assert reference.split() == [t for w in words for t in task.dictionary()[w]]
+    longest = max(len(tokenizer(s)["input_ids"]) for s, _ in lines)
+    assert longest > 30                                        # long lines still reachable without repeats
+    with pytest.raises(ValueError, match="max_fertility"):
+        toy_task.ToyTask(max_fertility=0)
+
+
 def held_out(tokenizer, lines: int = 50):
     """Lines the training never drew (another seed), within the trained lengths."""
     config = toy_task.TrainConfig()
