@@ -57,6 +57,9 @@ def parse_args(argv=None):
                    help="each engine first translates this many batches' worth of lines, spread over the lengths, "
                         "untimed (compiles happen there; a record's programs_compiled counts any left for the run)")
     p.add_argument("--hf-lines", type=int, default=0, help="hf translates only this many lines (0: all)")
+    p.add_argument("--hf-batch-sizes", default=None,
+                   help="batch sizes hf runs at (default: the smallest of --batch-sizes); the other batch sizes "
+                        "compare to the hf run of the nearest batch size (hf is the reference, and slow)")
     p.add_argument("--tp", type=int, default=1, help="nllb_neuronx tensor-parallel degree")
     p.add_argument("--backend", default=None, help="nllb_neuronx backend (default: its own choice)")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="threads (cores) for every engine")
@@ -70,6 +73,8 @@ def parse_args(argv=None):
     p.add_argument("--worker-job", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    args.hf_batch_sizes = (sorted(int(b) for b in args.hf_batch_sizes.split(",")) if args.hf_batch_sizes
+                           else None)
     unknown = [e for e in args.engines if e not in ENGINES]
     if unknown:
         p.error(f"unknown engines {unknown}; choose from {', '.join(ENGINES)}")
@@ -157,17 +162,44 @@ def run_worker(task: str, job: dict, args, tmp: Path) -> dict:
 
 # ---------------------------------------------------------------------------------------------------- parent
 def compare_to_hf(records: list[dict]) -> None:
-    """identical_to_hf: lines whose generated ids equal the hf engine's at the same batch size (over the lines hf
-    translated); differs_from_hf: the first few line indices that do not."""
+    """identical_to_hf: lines whose generated ids equal the hf engine's at the same batch size, or else at the
+    nearest batch size hf ran at (`hf_batch_size`), over the lines hf translated; differs_from_hf: the first few line
+    indices that do not."""
+    refs = [h for h in records if h["engine"] == "hf" and h.get("status") == "ok"]
     for r in records:
-        ref = next((h for h in records if h["engine"] == "hf" and h["batch_size"] == r["batch_size"]
-                    and h.get("status") == "ok"), None)
-        if r["engine"] == "hf" or ref is None or r.get("status") != "ok":
+        if r["engine"] == "hf" or not refs or r.get("status") != "ok":
             continue
+        ref = min(refs, key=lambda h: (abs(h["batch_size"] - r["batch_size"]), h["batch_size"]))
+        r["hf_batch_size"] = ref["batch_size"]
         ours = dict(zip(r["indices"], r["outputs"]))
         shared = [(i, o) for i, o in zip(ref["indices"], ref["outputs"]) if i in ours]
         differs = [i for i, o in shared if ours[i]["ids"] != o["ids"]]
         r.update(identical_to_hf=len(shared) - len(differs), compared_to_hf=len(shared), differs_from_hf=differs[:20])
+
+
+def target_lines(records: list[dict]) -> list[str]:
+    """Issue 14's targets per batch size: the SlotEngine against lockstep, against the bound lockstep's measured
+    occupancy sets (lockstep lines/s / its occupancy: lockstep with no idle row), and against CT2 float32."""
+    out = []
+    ok = {(r["engine"], r["batch_size"]): r for r in records if r.get("status") == "ok"}
+    for batch in sorted({b for _, b in ok}):
+        engine, lockstep, ct2 = (ok.get((e, batch)) for e in ("nllb_neuronx", "nllb_neuronx-lockstep", "ct2-float32"))
+        if engine is None:
+            continue
+        parts = []
+        if lockstep is not None:
+            bound = lockstep["lines_per_s"] / lockstep["slot_occupancy"]
+            parts += [f"{engine['lines_per_s'] / lockstep['lines_per_s']:.2f}x lockstep (target >= 1.15)",
+                      f"{engine['lines_per_s'] / bound:.2f} of lockstep's occupancy bound {bound:.2f} lines/s "
+                      f"(target >= 0.95)"]
+        if ct2 is not None:
+            parts.append(f"{engine['lines_per_s'] / ct2['lines_per_s']:.2f}x ct2-float32 (target >= 1.5)")
+        same = [f"{r['engine']} {r['identical_to_hf']}/{r['compared_to_hf']}" for r in (engine, lockstep)
+                if r is not None and r.get("compared_to_hf") is not None]
+        if same:
+            parts.append("identical to HF: " + ", ".join(same))
+        out.append(f"batch {batch}: " + "; ".join(parts))
+    return out
 
 
 def _num(value, digits: int = 1) -> str:
@@ -250,8 +282,11 @@ def main(argv=None) -> int:
         for batch in args.batch_sizes:
             n = min(len(order), args.warmup_batches * batch)    # spread over the lengths: every bucket is met
             warmup = sorted({order[round(k * (len(order) - 1) / max(1, n - 1))] for k in range(n)})
+            hf_sizes = args.hf_batch_sizes or [min(args.batch_sizes)]
             for engine in args.engines:
                 record = {"engine": engine, "batch_size": batch, "shape": args.shape}
+                if engine == "hf" and batch not in hf_sizes:
+                    continue
                 if skips.get(engine):
                     record.update(status="skipped", note=skips[engine])
                 else:
@@ -272,6 +307,7 @@ def main(argv=None) -> int:
                 "thread_count": args.threads, "max_new_tokens": args.max_new_tokens, "versions": versions,
                 "machine": host} for r in records]
     print(markdown_table(records, meta))
+    print("\n" + "\n".join(target_lines(records)))
     print(f"\ncommand: python benchmarks/corpus.py {' '.join(sys.argv[1:] if argv is None else argv)}")
     print(f"total time {time.perf_counter() - started:.0f} s")
     if args.json:
