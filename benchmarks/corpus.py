@@ -61,6 +61,8 @@ def parse_args(argv=None):
                    help="batch sizes hf runs at (default: the smallest of --batch-sizes); the other batch sizes "
                         "compare to the hf run of the nearest batch size (hf is the reference, and slow)")
     p.add_argument("--tp", type=int, default=1, help="nllb_neuronx tensor-parallel degree")
+    p.add_argument("--admit-batch", type=int, default=1,
+                   help="the SlotEngine admits once this many slots are free (SlotEngine(admit_batch=...))")
     p.add_argument("--backend", default=None, help="nllb_neuronx backend (default: its own choice)")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="threads (cores) for every engine")
     p.add_argument("--seed", type=int, default=0, help="corpus seed")
@@ -276,7 +278,8 @@ def main(argv=None) -> int:
         order = sorted(range(len(lengths)), key=lengths.__getitem__)
         base = {"checkpoint": checkpoint, "lines": done["lines"], "src_lang": SRC_LANG, "tgt_lang": TGT_LANG,
                 "max_new_tokens": args.max_new_tokens, "threads": args.threads, "tp": args.tp,
-                "backend": args.backend, "hf_lines": args.hf_lines, "encoder_buckets": buckets(max(lengths)),
+                "backend": args.backend, "hf_lines": args.hf_lines, "admit_batch": args.admit_batch,
+                "encoder_buckets": buckets(max(lengths)),
                 "n_positions": buckets(args.max_new_tokens + 2, 64)}
         records = []
         for batch in args.batch_sizes:

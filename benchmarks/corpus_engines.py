@@ -96,7 +96,7 @@ def run_slot_engine(job: dict, log) -> dict:
     compiled = model.compile_all()                       # every program of the shape, the slot engine's included
     compile_s = time.perf_counter() - t
     log(f"compile_all: {compiled} programs in {compile_s:.1f} s")
-    engine = SlotEngine(model)
+    engine = SlotEngine(model, admit_batch=min(job.get("admit_batch") or 1, run.batch_size))
 
     before = {}
 
@@ -117,8 +117,11 @@ def run_slot_engine(job: dict, log) -> dict:
     first, last = before["stats"], engine.stats()
     engine.close()
     occupancy = (last.useful_slot_steps - first.useful_slot_steps) / max(1, last.slot_steps - first.slot_steps)
+    spent = {k: getattr(last, k) - getattr(first, k) for k in ("encoder_calls", "encoder_seconds", "steps",
+                                                                "step_seconds")}
     return {**result, "load_s": load_s, "compile_s": compile_s, "backend": model.runtime.backend, "amp": "f32",
             "slot_occupancy": occupancy, "programs_compiled": model.runtime.compile_count - compiles,
+            "admit_batch": engine.admit_batch, **spent,
             "timing": "SlotEngine.generate over every line at once; latency = when the line came out of the "
                       "iterator (input order); occupancy = useful slot-steps / all slot-steps of the timed run "
                       "(engine.stats())"}

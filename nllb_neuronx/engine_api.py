@@ -69,13 +69,18 @@ def check_request(request: GenerationRequest, vocab_size: int, compile_config, s
 
 @dataclass(frozen=True)
 class EngineStats:
-    """A snapshot: slots in all and in use, requests waiting, and slot-steps spent (useful: a request's row)."""
+    """A snapshot: slots in all and in use, requests waiting, slot-steps spent (useful: a request's row), and where the
+    device time went (encoding new requests against decode steps)."""
 
     slots: int
     active_slots: int
     queue_depth: int
     useful_slot_steps: int
     slot_steps: int
+    encoder_calls: int = 0          # device calls that encoded new requests into slots
+    encoder_seconds: float = 0.0    # wall time in those calls
+    steps: int = 0                  # decode steps (one device call each)
+    step_seconds: float = 0.0       # wall time in them, the host's bookkeeping of each step included
 
     @property
     def occupancy(self) -> float:

@@ -109,6 +109,21 @@ def test_every_line_equals_hf_alone_with_slots_refilled(engine, tiny_checkpoint)
     assert stats.active_slots == 0 and stats.queue_depth == 0 and 0 < stats.occupancy <= 1
 
 
+def test_admit_batch_encodes_sub_batches_and_changes_no_line(model, tiny_checkpoint):
+    _, hf = tiny_checkpoint
+    requests = corpus(hf.config.vocab_size, lengths=[3, 16, 6, 2, 14, 9, 5, 12, 4, 7, 15, 8])
+    runs = {}
+    for admit_batch in (1, 2):
+        with SlotEngine(model, admit_batch=admit_batch) as engine:
+            runs[admit_batch] = ([ids.tolist() for ids in engine.generate(requests)], engine.stats())
+    assert runs[2][0] == runs[1][0] == [hf_line(hf, r) for r in requests]
+    one, two = runs[1][1], runs[2][1]
+    assert two.encoder_calls <= one.encoder_calls                # no more (larger) slot-encoder calls
+    assert two.steps == two.slot_steps // SLOTS and two.step_seconds > 0 and two.encoder_seconds > 0
+    with pytest.raises(ValueError, match="admit_batch"):
+        SlotEngine(model, admit_batch=SLOTS + 1)
+
+
 def test_concurrent_submit_from_threads(engine, tiny_checkpoint):
     _, hf = tiny_checkpoint
     requests = corpus(hf.config.vocab_size, lengths=[4, 11, 2, 16, 7, 9, 3, 13, 6], seed=1)
