@@ -36,8 +36,13 @@ _LOWEST = -3.4028234663852886e38  # the lowest finite f32: a group's own -inf ca
 
 
 def candidates_for(max_beams: int) -> int:
-    """K, the candidates each row keeps, for requests of at most `max_beams` beams."""
-    return CANDIDATES_PER_BEAM * max_beams
+    """K, the candidates each row keeps, for requests of at most `max_beams` beams (the slot engine: its batch size,
+    the most beams a request can take). The tiled top-k keeps at most half a sort tile."""
+    k = CANDIDATES_PER_BEAM * max_beams
+    if not isinstance(max_beams, int) or max_beams < 1 or 2 * k > SORT_LIMIT:
+        raise ValueError(f"beam search on the device serves 1 to {SORT_LIMIT // (2 * CANDIDATES_PER_BEAM)} beams "
+                         f"(a batch_size in that range), got {max_beams!r}")
+    return k
 
 
 def beam(logits_local: hlo.Value, vocab_size: int, tp: int, forced: hlo.Value, beam_score: hlo.Value,

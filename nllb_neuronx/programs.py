@@ -9,8 +9,9 @@ once (compiled, or loaded from the runtime's caches and store), run with the dev
 The listing holds every program generation can run, the slot engine's included: they are always listed (not only
 once an engine was made), so `save()`, `nllb-neuronx compile` and `export-hlo` give a store from which both
 `sample()` and the engine compile nothing, and the Neuron check covers every program. The cost is compile time ahead
-of time: at batch 8 with the default buckets, 91 programs instead of the lockstep path's 56 (slot encoders per
-insert size and source bucket, slot steps per head, target and smaller source bucket, one slot reorder).
+of time: at batch 8 with the default buckets, 103 programs instead of the lockstep path's 56 (slot encoders per
+insert size and source bucket, slot steps per head, target and smaller source bucket, the beam step at the largest
+source bucket per target bucket, one slot reorder).
 """
 
 from __future__ import annotations

@@ -93,7 +93,7 @@ def test_beam_head_gives_each_request_hfs_candidates(tp):
 
 
 # --------------------------------------------------------------------------------------------- the slot engine
-SHAPE = dict(batch_size=8, n_positions=[32], encoder_buckets=[32])
+SHAPE = dict(batch_size=4, n_positions=[32], encoder_buckets=[32])
 
 
 @pytest.fixture(scope="module")
@@ -161,3 +161,9 @@ def test_beam_step_returns_only_candidates(toy):
     b, k = SHAPE["batch_size"], beam_head.candidates_for(SHAPE["batch_size"])
     outputs = {name: list(shape.dims) for name, shape in module.outputs if not name.startswith("cache")}
     assert outputs == {"beam_scores": [b, k], "beam_tokens": [b, k], "beam_sources": [b, k], "next_token": [b]}
+
+
+def test_candidate_count_is_checked():
+    assert beam_head.candidates_for(8) == 16                                   # HF: 2 x num_beams
+    with pytest.raises(ValueError, match="beam search on the device serves 1 to 4096 beams"):
+        beam_head.candidates_for(4097)
