@@ -31,7 +31,7 @@ from nllb_neuronx.program_spec import ProgramShapes
 from nllb_neuronx.slot_encoder import insert_sizes
 
 LOCKSTEP_HEADS = ("logits", "greedy", "sample")   # decode_step, next_tokens greedy, next_tokens sampled
-SLOT_HEADS = ("greedy", "sample", "beam")  # greedy rows; sampling (greedy rows at temperature 0); beam search (+ greedy)
+SLOT_HEADS = ("greedy", "sample", "beam")  # greedy; sampling (greedy rows at temperature 0); beams (+ greedy rows)
 
 
 def every_program(shapes: ProgramShapes) -> list[ProgramKey]:
