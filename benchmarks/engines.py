@@ -11,8 +11,8 @@ left out and reported as `first_step_ms`.
 - nllb_neuronx, greedy: a manual loop over the model's own programs: `encode()` (waited for), then
   `next_tokens(tokens)` per step, each step timed until its token id is on the host. Its encoder_ms includes the
   cross-attention K/V projections of every decoder layer, which HF and CT2 compute in their first decoder step instead.
-- nllb_neuronx, beams > 1: HF `generate()` through `HuggingFaceGenerationModelAdapter`, timed as hf below (the model
-  is compiled for rows x beams).
+- nllb_neuronx, beams > 1: the slot engine with the device beam head (`engine_beams.py`; compiled for rows x beams
+  slots), timed as CT2's beams: total / decode steps.
 - hf: `model.get_encoder()` timed on its own for encoder_ms; `generate()` with a LogitsProcessor that timestamps
   every step (after the forward pass, before token choice); per-token = the gaps between consecutive stamps.
 - ct2: `translate_batch(callback=...)` stamps each step's first token callback (greedy only); per-token = the gaps.
@@ -126,13 +126,13 @@ GENERATE_TIMING = ("LogitsProcessor timestamps per step inside generate(); per-t
 
 # ---------------------------------------------------------------------------------------------- nllb_neuronx
 def run_nllb_neuronx(job: dict, log) -> dict:
-    """Greedy: a manual loop over the model's programs. Beams: HF generate() through the adapter."""
+    """Greedy: a manual loop over the model's programs. Beams: the slot engine's device beam head."""
     import atexit
     import shutil
     import tempfile
 
     # Greedy runs without torch or transformers in the process, as users' greedy decoding does (their imports alone
-    # are ~330 MB of RSS); beams import them for HF generate().
+    # are ~330 MB of RSS); so do beams (the slot engine).
     import hlo.runtime.xla as xla_runtime
     from nllb_neuronx import NLLBForSampling
 
@@ -183,15 +183,12 @@ def run_nllb_neuronx(job: dict, log) -> dict:
         timing = ("manual loop: encode() + block_until_ready (encoder_ms includes every decoder layer's "
                   "cross-attention K/V projection); per step next_tokens(tokens) until the token id is on the "
                   "host; p50/p90 over single-token steps (the 2-token prefix step excluded)")
-    else:
-        from transformers import AutoConfig
+    else:  # the slot engine's device beam head (engine_beams.py)
+        from engine_beams import TIMING, beam_runner
 
-        from nllb_neuronx import HuggingFaceGenerationModelAdapter
-
-        adapter = HuggingFaceGenerationModelAdapter(AutoConfig.from_pretrained(job["checkpoint"]), model)
-        run_once = lambda: run_generate(adapter, ids, bench, beams, lang)  # noqa: E731
-        timing = ("HuggingFaceGenerationModelAdapter.generate(num_beams): " + GENERATE_TIMING
-                  + "; each step returns the full logits to the host and beams reorder the device caches")
+        run_once, close_engine = beam_runner(model, ids, bench.new_tokens, beams, lang, log)
+        atexit.register(close_engine)
+        timing = TIMING
 
     compiles_before = model.runtime.compile_count
     run_once()

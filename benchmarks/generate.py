@@ -49,7 +49,7 @@ def parse_args(argv=None):
     p.add_argument("--engines", default=",".join(ENGINES), help="comma-separated, from: " + ", ".join(ENGINES))
     p.add_argument("--batch-sizes", default="1,8")
     p.add_argument("--beams", type=int, default=1,
-                   help="beam size (nllb_neuronx: beams run HF generate() through its adapter)")
+                   help="beam size (nllb_neuronx: the slot engine, beams decided on the device)")
     p.add_argument("--src-len", type=int, default=32, help="source tokens per row (all rows this long)")
     p.add_argument("--new-tokens", type=int, default=64, help="generated tokens per row, forced exact")
     p.add_argument("--tp", type=int, default=1, help="nllb_neuronx tensor-parallel degree")

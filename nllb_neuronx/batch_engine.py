@@ -120,7 +120,8 @@ class BatchEngine:
     def _batch_key(r: GenerationRequest) -> tuple:
         """Requests with equal keys share a batch. Beams: one length limit per generate() call (a shorter limit
         changes beam search's result)."""
-        return (r.num_beams, r.sampling, r.forced_bos_token_id is None, r.max_new_tokens if r.num_beams > 1 else 0)
+        return (r.num_beams, r.sampling, r.forced_bos_token_id is None, r.max_new_tokens if r.num_beams > 1 else 0,
+                r.length_penalty if r.num_beams > 1 else 1.0)
 
     def _take_batch(self) -> list[_Pending]:
         """The oldest request and the queued ones that can share its batch; a seeded draw runs alone, so that its
@@ -185,13 +186,13 @@ class BatchEngine:
         forced = None if first.forced_bos_token_id is None else [r.forced_bos_token_id for r in requests]
         max_new = max(r.max_new_tokens for r in requests)  # greedy and sampled rows are cut to their own limit
         if first.num_beams > 1:
-            return self._beam_search(ids, mask, forced, first.num_beams, max_new)
+            return self._beam_search(ids, mask, forced, first.num_beams, max_new, first.length_penalty)
         s = first.sampling or SamplingParams()
         return self.model.sample(ids, mask, max_new_tokens=max_new, forced_bos_token_id=forced,
                                  do_sample=first.sampling is not None, temperature=s.temperature, top_k=s.top_k,
                                  top_p=s.top_p, seed=s.seed)
 
-    def _beam_search(self, ids, mask, forced, num_beams: int, max_new: int) -> np.ndarray:
+    def _beam_search(self, ids, mask, forced, num_beams: int, max_new: int, length_penalty: float = 1.0) -> np.ndarray:
         """HF generate()'s beam search on the compiled programs (the adapter reorders the KV cache on device)."""
         import torch
         from transformers import AutoConfig
@@ -202,7 +203,7 @@ class BatchEngine:
             config = AutoConfig.from_pretrained(str(self.model.checkpoint.path))
             self._hf_adapter = HuggingFaceGenerationModelAdapter(config, self.model)
         args = dict(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), num_beams=num_beams,
-                    max_new_tokens=max_new)
+                    max_new_tokens=max_new, length_penalty=length_penalty)
         if forced is not None and len(set(forced)) == 1:
             args["forced_bos_token_id"] = forced[0]
         elif forced is not None:  # a language per row: each row's decoder prompt is [start, its language]

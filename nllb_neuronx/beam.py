@@ -1,11 +1,20 @@
-"""One request's beam search on the host, step by step, as HF transformers' `GenerationMixin._beam_search` does it.
+"""One request's beam search, HF transformers' `GenerationMixin._beam_search` (5.x) for one batch item, split between
+the device and the host. The slot engine gives a request's `num_beams` beams one slot each.
 
-The slot engine gives a request's `num_beams` beams one slot each. Every step it hands this class the beams' logits
-(float32 [num_beams, vocab]); `advance()` returns which beam each slot continues (the cache reorder) and the token
-each slot feeds next. Mirrors HF 5.x for one batch item, in float32: log_softmax, the forced-BOS logits processor,
-running scores added, the top 2*num_beams candidates of all beams (descending; equal scores by index, a stable sort),
-finished hypotheses scored with the length penalty, the early-stop heuristic, and the max-length and EOS stopping
-criteria. `length_penalty=1.0, early_stopping=False`: HF's defaults, which NLLB's generation_config keeps.
+What runs where:
+- Device (the slot step's `beam` head, `beam_head.py`): log_softmax of each beam's logits (f32), the forced-BOS
+  logits processor at the first step, the beam's running score added, and the request's best
+  `2 * num_beams` (HF's `beams_to_keep` with one EOS id) continuations of all its beams, best first, equal scores in
+  flat-index order (beam * vocab + token), as torch.topk gives them. Only those candidates reach the host: score,
+  token and source beam, O(num_beams) numbers per step.
+- Host (this class, numpy, O(num_beams) per step, no vocabulary-sized array): HF's bookkeeping on those candidates:
+  the stopping criteria (EOS, max length), the next running beams (the best `num_beams` that did not stop), finished
+  hypotheses scored with the length penalty (only the top `num_beams` candidates count), the early-stop heuristic,
+  and the loop condition. `advance()` returns the beam each slot continues from (the engine's cache reorder) and
+  `tokens()` the token each slot feeds next.
+- Device again: the slot reorder program copies the chosen beams' self-attention caches (`slot_reorder.py`).
+
+`length_penalty=1.0, early_stopping=False` are HF's defaults, which NLLB's generation_config keeps.
 """
 
 from __future__ import annotations
@@ -42,20 +51,24 @@ class BeamSearch:
         """The token each beam feeds next (at position cur_len - 1)."""
         return self.running[:, self.cur_len - 1]
 
-    def advance(self, logits: np.ndarray) -> np.ndarray:
-        """One step from the beams' logits [k, V]; returns the beam each beam continues from (reorder indices)."""
-        k, cur = self.k, self.cur_len
-        x = logits.astype(np.float32)
-        shifted = x - x.max(axis=1, keepdims=True)
-        log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))               # log_softmax
-        if self.forced is not None and cur == 1:                                               # ForcedBOS
-            log_probs = np.full_like(log_probs, -np.inf)
-            log_probs[:, self.forced] = 0.0
-        vocab = log_probs.shape[1]
-        accumulated = (log_probs + self.running_scores[:, None]).reshape(-1)                   # [k*V]
-        keep = 2 * k
-        top = _top(accumulated, keep)
-        top_scores, top_beams, top_ids = accumulated[top], top // vocab, top % vocab
+    @property
+    def keep(self) -> int:
+        """The candidates HF keeps per step: max(2, 1 + EOS ids) * num_beams, with one EOS id."""
+        return 2 * self.k
+
+    def forced_token(self) -> int:
+        """The token HF's forced-BOS processor forces at this step (the first), else -1 (none)."""
+        return self.forced if self.forced is not None and self.cur_len == 1 else -1
+
+    def advance(self, scores: np.ndarray, tokens: np.ndarray, beams: np.ndarray) -> np.ndarray:
+        """One step from the request's best continuations of all its beams, best first (the device's beam head):
+        accumulated scores f32, token ids and source beams, at least `keep` of each. Returns the beam each beam
+        continues from (the cache reorder indices)."""
+        k, cur, keep = self.k, self.cur_len, self.keep
+        if min(len(scores), len(tokens), len(beams)) < keep:
+            raise ValueError(f"beam search with {k} beams needs the {keep} best candidates, got {len(scores)}")
+        top_scores = np.asarray(scores[:keep], np.float32)
+        top_ids, top_beams = np.asarray(tokens[:keep], np.int64), np.asarray(beams[:keep], np.int64)
         top_sequences = self.running[top_beams].copy()
         top_sequences[:, cur] = top_ids
         hits = (top_ids == self.eos) | (cur + 1 >= self.max_length)                           # stopping criteria

@@ -13,8 +13,9 @@ bucket keeps the cache. Cross-attention K/V are stored at `cross_len` source pos
 with the source mask [B, S_stored]) and read at their first `source_len`: the lockstep path stores exactly its
 encoder bucket, the slot engine stores the largest bucket and reads up to the largest bucket among active slots.
 The head is either "logits" (all-gathered [V_padded, B] for the last new token: vocab first, the LM head's natural
-result), "greedy" (the argmax token id [B], chosen on the device), or "sample" (a token id [B] drawn on the device
-among the `max_top_k` most likely); `heads.py` has them.
+result), "greedy" (the argmax token id [B], chosen on the device), "sample" (a token id [B] drawn on the device
+among the `max_top_k` most likely), or "beam" (a beam-search step's candidates, [B, K], and the greedy token);
+`heads.py` and `beam_head.py` have them.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import hlo
 from hlo import nn
 from hlo.types import f32, s32
 
-from nllb_neuronx import decoder_layer, heads, layers
+from nllb_neuronx import beam_head, decoder_layer, heads, layers
 from nllb_neuronx.heads import HEADS
 from nllb_neuronx.program_spec import ProgramShapes, weight_params
 
@@ -43,6 +44,8 @@ def build_decoder(shapes: ProgramShapes, new_tokens: int, bucket: int, source_le
                          cross_v=cross, positions=shapes.positions_shape)
     if head == "sample":
         spec.add("temperature", f32[b]).add("top_k", s32[b]).add("top_p", f32[b]).add("uniform", f32[b])  # per row
+    if head == "beam":
+        spec.add("forced", s32[b]).add("beam_score", f32[b]).add("beam_group", s32[b])                  # per row
     for name, shape in weight_params(shapes.decoder_weight_names(), shapes):
         spec.add(name, shape)
 
@@ -75,7 +78,12 @@ def build_decoder(shapes: ProgramShapes, new_tokens: int, bucket: int, source_le
         if head == "logits":
             out["logits"] = heads.logits(logits, par.tp)                                         # [V_pad, B]
             return out
-        if head == "greedy":
+        if head == "beam":  # the beams' candidates ([B, K] each), and the greedy token for greedy rows
+            chosen = beam_head.beam(logits, m.vocab_size, par.tp, p.forced, p.beam_score, p.beam_group,
+                                    beam_head.candidates_for(b))
+            token = chosen.pop("next_token")
+            out.update(chosen)
+        elif head == "greedy":
             token = heads.greedy(logits, m.vocab_size, par.tp)                                   # [B]
         else:
             token = heads.sample(logits, m.vocab_size, par.tp, p.temperature, p.top_k, p.top_p, p.uniform,
@@ -83,7 +91,8 @@ def build_decoder(shapes: ProgramShapes, new_tokens: int, bucket: int, source_le
         out["next_token"] = hlo.select(hlo.compare(p.active, 0, "NE"), token, hlo.full(-1, token.shape))  # [B]
         return out
 
-    label = f"sample_k{shapes.compile.max_top_k}" if head == "sample" else head
+    label = {"sample": f"sample_k{shapes.compile.max_top_k}",
+             "beam": f"beam_k{beam_head.candidates_for(b)}"}.get(head, head)
     stored = f"_of{cross_len}" if cross_len != source_len else ""
     name = f"nllb_decoder_{label}_b{b}_p{p_len}_t{bucket}_s{source_len}{stored}_tp{par.tp}"
     return hlo.build(name, spec, decoder, aliases={"cache_k": "cache_k", "cache_v": "cache_v"})

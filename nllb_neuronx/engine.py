@@ -12,8 +12,11 @@ every active slot once (each at its own position), and retires a slot when its r
 max_new_tokens, handing the result to its future at once. A new request's first step feeds the decoder start token
 at position 0; with a forced target-language token, that step's choice is replaced by it, as HF's forced-BOS logits
 processor does. Slot bookkeeping follows vLLM's scheduler: a free list, FIFO admission, retire then refill.
-Beam search: a request's beams take `num_beams` slots (admitted when that many are free); while one is active the
-step returns logits, `beam.py` picks the beams as HF does, and the slot reorder program moves their caches.
+Beam search: a request's beams take `num_beams` slots (admitted when that many are free, in increasing slot order);
+while one is active the step runs the beam head (`beam_head.py`): the device takes log_softmax, the forced token,
+the running scores and each request's best 2 x num_beams continuations over all its beams, and returns only those
+(scores, tokens, source beams) plus the greedy token of the other slots, so greedy requests share the step;
+`beam.py` keeps HF's finished-hypotheses bookkeeping on them, and the slot reorder program moves the caches.
 Sampling: while a sampling request is active the step runs the sample head with one setting per slot (greedy slots
 at temperature 0, which is the greedy head's token exactly) and one uniform number per slot from that request's own
 generator (seeded with its `seed`), so a request's draws do not depend on its slot or on the other requests. Beam
@@ -56,6 +59,7 @@ class _Job:
     max_new_tokens: int
     future: Future
     num_beams: int = 1
+    length_penalty: float = 1.0
     generated: list[int] = field(default_factory=list)
     position: int = 0                   # tokens fed so far = the position of the next token fed
     bucket: int = 0                     # source bucket it was encoded at
@@ -182,7 +186,7 @@ class SlotEngine:
         source = check_request(request, self._config.vocab_size, self._compile, len(self._slots))
         forced, sampling = request.forced_bos_token_id, request.sampling
         return _Job(source, None if forced is None else int(forced), int(request.max_new_tokens),
-                    future, int(request.num_beams), sampling=sampling,
+                    future, int(request.num_beams), float(request.length_penalty), sampling=sampling,
                     rng=None if sampling is None else sampling.generator())
 
     # -------------------------------------------------------------------------------------------------- loop
@@ -257,7 +261,7 @@ class SlotEngine:
                 job.bucket, job.position, job.generated = bucket, 0, []
                 if job.num_beams > 1:
                     job.beams = BeamSearch(job.num_beams, job.max_new_tokens, c.decoder_start_token_id,
-                                           c.eos_token_id, c.pad_token_id, job.forced)
+                                           c.eos_token_id, c.pad_token_id, job.forced, job.length_penalty)
         return len(by_bucket)
 
     def _step(self) -> None:
@@ -272,9 +276,10 @@ class SlotEngine:
                 tokens[job.slots] = job.generated[-1] if job.generated else start
             positions[job.slots], active[job.slots] = job.position, True
         source_len = max(job.bucket for job in jobs)
-        if any(job.beams is not None for job in jobs):               # beams need every slot's logits
-            logits = self._state.step(tokens, positions, active, source_len, head="logits")
-            chosen = logits.argmax(axis=1)                            # greedy rows: the first index of the maximum
+        candidates = None
+        if any(job.beams is not None for job in jobs):               # the beam head: candidates + greedy tokens
+            out = self._state.step(tokens, positions, active, source_len, head="beam", **self._beam_inputs(jobs))
+            chosen, candidates = out["next_token"], out
         elif any(job.sampling is not None for job in jobs):          # one setting and uniform number per slot
             rows: list[SamplingParams | None] = [None] * b
             uniform = np.zeros(b, np.float32)
@@ -290,7 +295,12 @@ class SlotEngine:
         for job in jobs:
             job.position += 1
             if job.beams is not None:
-                from_beam = job.beams.advance(logits[job.slots])
+                first = job.slots[0]                                  # every slot of the group holds its candidates
+                if candidates["beam_tokens"][first, 0] < 0:           # the head's answer to NaN logits
+                    failed.append(job)
+                    continue
+                from_beam = job.beams.advance(candidates["beam_scores"][first], candidates["beam_tokens"][first],
+                                              candidates["beam_sources"][first])
                 reorder[job.slots] = np.asarray(job.slots)[from_beam]
                 if job.beams.done:
                     finished.append(job)
@@ -316,6 +326,19 @@ class SlotEngine:
         for job in failed:
             job.fail(FloatingPointError(f"the model produced NaN logits at target position {job.position - 1}; "
                                         "with amp='f16' use 'bf16' or 'f32', else check the weights"))
+
+    def _beam_inputs(self, jobs: list[_Job]) -> dict[str, np.ndarray]:
+        """The beam head's per-slot inputs: the forced token at a request's first step (-1: none), each beam's
+        running score, and a group id per request (its first slot; its beams' slots are in increasing order, so
+        beam i is the group's i-th slot). Other slots are groups of their own."""
+        b = len(self._slots)
+        forced, score, group = np.full(b, -1, np.int32), np.zeros(b, np.float32), np.arange(b, dtype=np.int32)
+        for job in jobs:
+            if job.beams is not None:
+                forced[job.slots] = job.beams.forced_token()
+                score[job.slots] = job.beams.running_scores
+                group[job.slots] = job.slots[0]
+        return {"forced": forced, "beam_score": score, "beam_group": group}
 
     def _fail_in_flight(self, error: Exception) -> None:
         with self._cond:

@@ -24,13 +24,15 @@ class GenerationRequest:
     """One line to translate. `input_ids`: source ids as the tokenizer gives them (language code ... </s>), no
     padding. `forced_bos_token_id`: the target language token (None: the model chooses its first token).
     `sampling`: None for greedy (or beam search with `num_beams` > 1), else how this request's tokens are drawn, from
-    its own generator seeded with `sampling.seed`."""
+    its own generator seeded with `sampling.seed`. `length_penalty`: beam search's, as HF's (scores of finished
+    hypotheses divided by length ** length_penalty)."""
 
     input_ids: Sequence[int]
     forced_bos_token_id: int | None
     max_new_tokens: int
     num_beams: int = 1
     sampling: SamplingParams | None = None
+    length_penalty: float = 1.0
 
 
 def check_request(request: GenerationRequest, vocab_size: int, compile_config, slots: int) -> np.ndarray:
@@ -40,6 +42,9 @@ def check_request(request: GenerationRequest, vocab_size: int, compile_config, s
     if not isinstance(request.num_beams, (int, np.integer)) or not 1 <= request.num_beams <= slots:
         raise ValueError(f"num_beams must lie in [1, {slots}] (each beam takes one of the batch_size={slots} "
                          f"slots), got {request.num_beams!r}; compile with a larger batch_size for more beams")
+    penalty = request.length_penalty
+    if isinstance(penalty, bool) or not isinstance(penalty, (int, float, np.number)) or not np.isfinite(penalty):
+        raise ValueError(f"length_penalty must be a finite number, got {request.length_penalty!r}")
     sampling = request.sampling
     if sampling is not None:
         if not isinstance(sampling, SamplingParams):

@@ -6,6 +6,7 @@
   and an inverse-CDF draw with one uniform number per row from the host's seeded generator. Every parameter is per
   row ([B]), so requests with different settings share a step; a row with temperature 0 is greedy (the first
   candidate: the first index of the maximum, the `greedy` head's token).
+- `beam`: one beam-search step's candidates, decided on the device (`beam_head.py`).
 
 Written for neuronx-cc as AWS documents it (`hlo.targets.neuron` checks it): the rank comes from `hlo.rank()`,
 argmax is a reduce-max then a reduce-min, and sampling never sorts the whole vocabulary. Each rank keeps the
@@ -31,7 +32,7 @@ from hlo.types import f32, s32
 
 from nllb_neuronx.layers import replica_groups
 
-HEADS = ("logits", "greedy", "sample")
+HEADS = ("logits", "greedy", "sample", "beam")  # beam: beam_head.py
 NAN_TOKEN = -1  # the token of a row whose logits hold a NaN
 _PAD_ID = 2 ** 31 - 1  # the id of a tile's padding: after every real id, so it sorts after every real -inf logit
 

@@ -9,8 +9,9 @@ once (compiled, or loaded from the runtime's caches and store), run with the dev
 The listing holds every program generation can run, the slot engine's included: they are always listed (not only
 once an engine was made), so `save()`, `nllb-neuronx compile` and `export-hlo` give a store from which both
 `sample()` and the engine compile nothing, and the Neuron check covers every program. The cost is compile time ahead
-of time: at batch 8 with the default buckets, 91 programs instead of the lockstep path's 56 (slot encoders per
-insert size and source bucket, slot steps per head, target and smaller source bucket, one slot reorder).
+of time: at batch 8 with the default buckets, 103 programs instead of the lockstep path's 56 (slot encoders per
+insert size and source bucket, slot steps per head, target and smaller source bucket, the beam step at the largest
+source bucket per target bucket, one slot reorder).
 """
 
 from __future__ import annotations
@@ -30,16 +31,17 @@ from nllb_neuronx.program_spec import ProgramShapes
 from nllb_neuronx.slot_encoder import insert_sizes
 
 LOCKSTEP_HEADS = ("logits", "greedy", "sample")   # decode_step, next_tokens greedy, next_tokens sampled
-SLOT_HEADS = ("greedy", "logits", "sample")  # greedy rows; logits while a beam request is active; sample for sampling
+SLOT_HEADS = ("greedy", "sample", "beam")  # greedy; sampling (greedy rows at temperature 0); beams (+ greedy rows)
 
 
 def every_program(shapes: ProgramShapes) -> list[ProgramKey]:
     """Every program generation can run with this shape, in a stable order. Lockstep: per source bucket the encoder,
     the reorder and the decoder's heads with one new token in every target bucket, the two-token prefix (decoder
     start, then the language code) only at position 0, so only in the target bucket that holds 2 positions. Slot
-    engine: per source bucket a slot encoder per insert size and the slot step's heads in every target bucket (below
-    the largest source bucket: there the slot step is the lockstep decoder program, `SlotStepKey.canonical`); one
-    slot reorder."""
+    engine: per source bucket a slot encoder per insert size and the slot step's heads in every target bucket (at
+    the largest source bucket the slot step is the lockstep decoder program, `SlotStepKey.canonical`, listed once:
+    with the lockstep programs, or here for the beam head, which only the slot engine runs); one slot reorder. The
+    slot step's logits head (`SlotState.step(head="logits")`, for checks) is compiled when first used."""
     c = shapes.compile
     prefix_bucket = next((t for t in c.n_positions if t >= 2), None)
     keys: list[ProgramKey] = []
@@ -52,6 +54,9 @@ def every_program(shapes: ProgramShapes) -> list[ProgramKey]:
         keys += [SlotEncoderKey(s, rows) for rows in insert_sizes(c.batch_size)]
         if s < shapes.max_source_length:
             keys += [SlotStepKey(s, head, t) for t in c.n_positions for head in SLOT_HEADS]
+        else:  # the lockstep decoder programs, listed above, except the heads only the slot engine runs
+            keys += [SlotStepKey(s, head, t).canonical(shapes) for t in c.n_positions for head in SLOT_HEADS
+                     if head not in LOCKSTEP_HEADS]
     return keys + [SlotReorderKey()]
 
 

@@ -63,23 +63,27 @@ class SlotState:
         return bucket
 
     def step(self, tokens: np.ndarray, positions: np.ndarray, active: np.ndarray, source_len: int,
-             head: str = "greedy", **sample_inputs) -> np.ndarray:
+             head: str = "greedy", **head_inputs) -> np.ndarray | dict[str, np.ndarray]:
         """Feed tokens[b] at positions[b] to every slot. Returns the greedy next token of each slot (-1 where not
-        active), with head="sample" the token drawn with `sample_inputs` (temperature, top_k, top_p, uniform: [B]
-        each, `sampling.head_inputs`), or with head="logits" the float32 logits [B, vocab] (for checks and custom
-        loops). Inactive slots compute and write their own cache rows only, at positions a later occupant rewrites
-        before reading them."""
-        if head not in ("greedy", "logits", "sample"):
-            raise ValueError(f"slot steps have a greedy, sample or logits head, got {head!r}")
+        active), with head="sample" the token drawn with `head_inputs` (temperature, top_k, top_p, uniform: [B]
+        each, `sampling.head_inputs`), with head="logits" the float32 logits [B, vocab] (for checks and custom
+        loops), or with head="beam" (`head_inputs`: forced, beam_score, beam_group, [B] each; `beam_head.py`) a dict
+        of `next_token` [B] and the beams' candidates `beam_scores`, `beam_tokens`, `beam_sources` [B, K]. Inactive
+        slots compute and write their own cache rows only, at positions a later occupant rewrites before reading
+        them."""
+        if head not in ("greedy", "logits", "sample", "beam"):
+            raise ValueError(f"slot steps have a greedy, sample, beam or logits head, got {head!r}")
         bucket = self.model.compile_config.decoder_bucket(int(positions[active].max()) + 1)
         state = self._state()
         self._tensors = None
         out = self.model.run_program(
             SlotStepKey(source_len, head, bucket), input_ids=tokens.astype(np.int32)[:, None],
-            start=positions.astype(np.int32), active=active.astype(np.int32), **sample_inputs, **state)
+            start=positions.astype(np.int32), active=active.astype(np.int32), **head_inputs, **state)
         self._tensors = {**state, "cache_k": out["cache_k"], "cache_v": out["cache_v"]}
         if head == "logits":
             return np.array(out["logits"].numpy(0)[: self.model.config.vocab_size].T, np.float32, order="C")
+        if head == "beam":
+            return {name: out[name].numpy(0) for name in ("next_token", "beam_scores", "beam_tokens", "beam_sources")}
         return out["next_token"].numpy(0).astype(np.int64)
 
     def reorder(self, index: np.ndarray) -> None:

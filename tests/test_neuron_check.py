@@ -16,7 +16,7 @@ from hlo.targets import neuron
 
 from nllb_neuronx import NLLBForSampling
 from nllb_neuronx.config import CompileConfig, ModelConfig
-from nllb_neuronx.program_key import DecoderKey
+from nllb_neuronx.program_key import DecoderKey, SlotStepKey
 
 KINDS = {"encoder", "reorder", "decoder", "slot_encoder", "slot_step", "slot_reorder"}
 
@@ -54,11 +54,11 @@ def test_every_program_is_clean(tiny_model, tp, amp):
     model = NLLBForSampling.from_pretrained(path, batch_size=2, tp_degree=tp, n_positions=[8],
                                             encoder_buckets=[8, 16], amp=amp)
     names = check_every_program(model)
-    kinds = {name.split("_b")[0] for name in names}
+    kinds = {name.split("_b2_")[0] for name in names}                             # batch_size=2
     assert kinds == {"nllb_encoder", "nllb_reorder", "nllb_decoder_logits", "nllb_decoder_greedy",
-                     "nllb_decoder_sample_k256", "nllb_slot_encoder", "nllb_slot_reorder"}
+                     "nllb_decoder_sample_k256", "nllb_decoder_beam_k4", "nllb_slot_encoder", "nllb_slot_reorder"}
     slots = {f"nllb_decoder_{h}_b2_p1_t8_s8_of16_tp{tp}"                             # steps: 8 of 16 stored
-             for h in ("greedy", "logits", "sample_k256")}
+             for h in ("greedy", "beam_k4", "sample_k256")}
     assert {n for n in names if "_of16_" in n} == slots | {f"nllb_slot_encoder_b2_k2_s8_of16_tp{tp}"}
     assert len(names) == 1 + 1 + 2 * 3 + 1 + 3 + 1  # encoder, reorder, decoders (P 1 and 2, 3 heads), slot programs
 
@@ -76,6 +76,7 @@ def test_nllb_600m_shape_is_clean(tp):
                                    amp="bf16")
     model = NLLBForSampling(None, NLLB_600M, compile_config)
     check_every_program(model)
-    sample = model.program_builders()[DecoderKey(32, "sample", 1, 64)]()
-    sorts = [v for c in sample.computations for v in c.instructions if v.opcode == "sort"]
-    assert sorts and max(v.operands[0].dims[v.attrs["dimensions"][0]] for v in sorts) <= neuron.SORT_LIMIT
+    for key in (DecoderKey(32, "sample", 1, 64), SlotStepKey(32, "beam", 64)):  # beams: tiled top-k too
+        program = model.program_builders()[key]()
+        sorts = [v for c in program.computations for v in c.instructions if v.opcode == "sort"]
+        assert sorts and max(v.operands[0].dims[v.attrs["dimensions"][0]] for v in sorts) <= neuron.SORT_LIMIT

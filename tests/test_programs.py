@@ -17,7 +17,9 @@ def test_default_shape_lists_no_prefix_program_that_never_runs(tiny_checkpoint):
     assert {k.target_len for k in prefix} == {64}                        # the two-token prefix runs only at position 0
     heads = 3                                                          # logits, greedy, sample
     lockstep = 4 * 2 + 4 * 3 * heads + 4 * heads                       # encoder + reorder, 1-token steps, prefixes: 56
-    slots = 4 * 1 + 3 * 3 * heads + 1  # slot encoders (insert size 1 at batch 1), steps (below S_max), reorder
+    slot_heads = 3                                                     # greedy, sample, beam
+    # slot encoders (insert size 1 at batch 1), steps (below S_max; at S_max the beam head only), reorder
+    slots = 4 * 1 + 3 * 3 * slot_heads + 3 + 1
     assert len(keys) == lockstep + slots
     # at the largest source bucket the slot step reads all the stored K/V: the lockstep program, listed once
     assert SlotStepKey(256, "greedy", 64).canonical(model.shapes) == DecoderKey(256, "greedy", 1, 64)
@@ -29,7 +31,8 @@ def test_save_compiles_exactly_the_listed_programs_and_generation_needs_no_other
     model = NLLBForSampling.from_pretrained(path, batch_size=3, n_positions=[4, 8], encoder_buckets=[8]).to_neuron()
     listed = set(model.program_builders())
     lockstep = 1 + 1 + 3 * 2 + 3                     # encoder, reorder, 1-token steps x 2 buckets x 3 heads, prefix x 3
-    assert len(listed) == lockstep + 3 + 1           # slot encoders (1, 2, 3 rows), reorder; steps: the decoder's
+    assert len(listed) == lockstep + 3 + 1 + 2       # slot encoders (1, 2, 3 rows), reorder, beam steps; the rest:
+    #                                                  the decoder's
     assert len({build().name for build in model.program_builders().values()}) == len(listed)  # one program each
     model.save(str(tmp_path))
     assert len(list((tmp_path / "programs").iterdir())) == len(listed)
