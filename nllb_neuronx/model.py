@@ -143,9 +143,10 @@ class NLLBForSampling:
         return {key: functools.partial(key.build, self.shapes) for key in self.programs.every_program()}
 
     @_exclusive
-    def compile_all(self, workers: int | None = None) -> int:
-        """Compile every program ahead of time, several at once; returns how many the runtime really compiled."""
-        return self.programs.compile_all(workers)
+    def compile_all(self, workers: int | None = None, heads=None) -> int:
+        """Compile every program ahead of time, several at once; returns how many the runtime really compiled.
+        `heads` (e.g. ("greedy",)): only the decode programs with these heads, for a service that needs no others."""
+        return self.programs.compile_all(workers, heads)
 
     @_exclusive
     def save(self, directory: str) -> None:

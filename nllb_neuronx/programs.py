@@ -20,7 +20,7 @@ import os
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Mapping
+from typing import Callable, Collection, Mapping
 
 import hlo
 from hlo.runtime import Program
@@ -34,14 +34,20 @@ LOCKSTEP_HEADS = ("logits", "greedy", "sample")   # decode_step, next_tokens gre
 SLOT_HEADS = ("greedy", "sample", "beam")  # greedy; sampling (greedy rows at temperature 0); beams (+ greedy rows)
 
 
-def every_program(shapes: ProgramShapes) -> list[ProgramKey]:
+def every_program(shapes: ProgramShapes, heads: Collection[str] | None = None) -> list[ProgramKey]:
     """Every program generation can run with this shape, in a stable order. Lockstep: per source bucket the encoder,
     the reorder and the decoder's heads with one new token in every target bucket, the two-token prefix (decoder
     start, then the language code) only at position 0, so only in the target bucket that holds 2 positions. Slot
     engine: per source bucket a slot encoder per insert size and the slot step's heads in every target bucket (at
     the largest source bucket the slot step is the lockstep decoder program, `SlotStepKey.canonical`, listed once:
     with the lockstep programs, or here for the beam head, which only the slot engine runs); one slot reorder. The
-    slot step's logits head (`SlotState.step(head="logits")`, for checks) is compiled when first used."""
+    slot step's logits head (`SlotState.step(head="logits")`, for checks) is compiled when first used. `heads`: only
+    the decode programs with these heads (the others kept), e.g. ("greedy",) for greedy translation alone."""
+    if heads is not None:
+        unknown = set(heads) - set(LOCKSTEP_HEADS) - set(SLOT_HEADS)
+        if unknown:
+            raise ValueError(f"unknown heads {sorted(unknown)}; choose from {sorted({*LOCKSTEP_HEADS, *SLOT_HEADS})}")
+        return [k for k in every_program(shapes) if getattr(k, "head", None) in (None, *heads)]
     c = shapes.compile
     prefix_bucket = next((t for t in c.n_positions if t >= 2), None)
     keys: list[ProgramKey] = []
@@ -123,15 +129,16 @@ class ProgramRegistry:
             self._programs.clear()
 
     # ---------------------------------------------------------------------------------------- ahead of time
-    def every_program(self) -> list[ProgramKey]:
-        return every_program(self.shapes)
+    def every_program(self, heads: Collection[str] | None = None) -> list[ProgramKey]:
+        return every_program(self.shapes, heads)
 
-    def compile_all(self, workers: int | None = None) -> int:
-        """Fetch every listed program not fetched yet, several at once; returns how many the runtime compiled."""
+    def compile_all(self, workers: int | None = None, heads: Collection[str] | None = None) -> int:
+        """Fetch every listed program (`heads`: see every_program) not fetched yet, several at once; returns how many
+        the runtime compiled."""
         self.require_runtime()
         before = self.runtime.compile_count
         with self._lock:
-            missing = [key for key in self.every_program() if key not in self._programs]
+            missing = [key for key in self.every_program(heads) if key not in self._programs]
 
         def fetch(key: ProgramKey):
             start = time.perf_counter()
