@@ -237,7 +237,6 @@ def main(argv=None) -> int:
     def plain(key, **inputs):
         return key, lambda: model.run_program(key, **inputs)
 
-    part = lambda name, builder: PartKey(name, builder)                                        # noqa: E731
     parts["step"] = with_caches(step_key, **step_inputs)
     feed = {"tokens": ids}
 
@@ -247,17 +246,17 @@ def main(argv=None) -> int:
         feed["tokens"] = model.next_tokens(feed["tokens"])[:, None]
         return {}
     parts["next_tokens"] = (step_key, next_tokens)
-    parts["lm_head_greedy"] = plain(part("lm_head_greedy", lambda: build_lm_head(shapes, True)), h=h)
-    parts["lm_head_max"] = plain(part("lm_head_max", lambda: build_lm_head(shapes, False)), h=h)
-    parts["projections"] = plain(part("projections", lambda: build_projections(shapes)), h=h)
+    parts["lm_head_greedy"] = plain(PartKey("lm_head_greedy", lambda: build_lm_head(shapes, True)), h=h)
+    parts["lm_head_max"] = plain(PartKey("lm_head_max", lambda: build_lm_head(shapes, False)), h=h)
+    parts["projections"] = plain(PartKey("projections", lambda: build_projections(shapes)), h=h)
     nd = shapes.parallel.heads_local * shapes.parallel.head_dim
-    parts["attention"] = with_caches(part("attention", lambda: build_attention(shapes, t, s)),
+    parts["attention"] = with_caches(PartKey("attention", lambda: build_attention(shapes, t, s)),
                                      x=(h[:nd] * 0.1).astype(np.float32), start=start,
                                      encoder_attention_mask=step_inputs["encoder_attention_mask"],
                                      cross_k=state["cross_k"], cross_v=state["cross_v"])
-    parts["norms_embed"] = plain(part("norms_embed", lambda: build_norms_embed(shapes, t)), input_ids=ids,
+    parts["norms_embed"] = plain(PartKey("norms_embed", lambda: build_norms_embed(shapes, t)), input_ids=ids,
                                  start=start)
-    parts["call_all_args"] = with_caches(part("call_all_args", lambda: build_call(shapes, step_module)),
+    parts["call_all_args"] = with_caches(PartKey("call_all_args", lambda: build_call(shapes, step_module)),
                                          **step_inputs)
     def unbound():  # every weight argument checked and converted on every call, as before `Program.bind`
         registry = model.programs
@@ -267,12 +266,12 @@ def main(argv=None) -> int:
         state["cache_k"], state["cache_v"] = out["cache_k"], out["cache_v"]
         return out
     parts["call_all_args_unbound"] = (None, unbound)
-    parts["call_one_arg"] = plain(part("call_one_arg", lambda: build_call(shapes, None)), input_ids=ids)
+    parts["call_one_arg"] = plain(PartKey("call_one_arg", lambda: build_call(shapes, None)), input_ids=ids)
     if args.tp > 1:
         def no_collectives():
             with no_all_reduce():
                 return build_decoder(shapes, 1, t, s, "greedy")
-        parts["step_no_collectives"] = with_caches(part("step_no_collectives", no_collectives), **step_inputs)
+        parts["step_no_collectives"] = with_caches(PartKey("step_no_collectives", no_collectives), **step_inputs)
 
     def timed(call) -> float:
         begin = time.perf_counter()

@@ -21,7 +21,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Mapping
 
-from hlo.runtime import Program
+from hlo.runtime import BoundProgram, Program
 
 from nllb_neuronx.program_key import (DecoderKey, EncoderKey, ProgramEvent, ProgramKey, ReorderKey, SlotEncoderKey,
                                       SlotReorderKey, SlotStepKey)
@@ -64,7 +64,7 @@ class ProgramRegistry:
         self.runtime = None
         self.weights: Mapping[str, object] = {}
         self._programs: dict[ProgramKey, Program] = {}
-        self._bound_programs: dict[ProgramKey, object] = {}    # key -> BoundProgram, weights bound
+        self._bound_programs: dict[ProgramKey, BoundProgram] = {}    # weights bound once
         self._observers: list[Callable[[ProgramEvent], None]] = []
         self._lock = threading.Lock()
 
@@ -100,7 +100,7 @@ class ProgramRegistry:
         params = bound.program.module.params
         return bound.run({name: value for name, value in inputs.items() if name in params})
 
-    def _bound(self, key: ProgramKey):
+    def _bound(self, key: ProgramKey) -> BoundProgram:
         """The program `key` with this model's weights bound once (`Program.bind`): a call then converts only its
         own inputs, not ~200 weight arguments again."""
         key = key.canonical(self.shapes)
