@@ -1,9 +1,13 @@
-"""Time nllb_neuronx's greedy decode step alone (one program call per token), e.g. to compare XLA flags or layouts.
+"""Time nllb_neuronx's greedy decode step alone, e.g. to compare XLA flags, layouts or steps per call.
 
     python benchmarks/decode_step.py --batch-size 8 [--steps 30] [--json FILE]
+    python benchmarks/decode_step.py --batch-size 1 --unroll 1,2,4 [--rounds 30]
     XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type= python benchmarks/decode_step.py --batch-size 8
 
-(The second line turns off XLA CPU's default YNNPACK fusions, to compare against XLA's other dot kernels.)
+The first line times `--steps` consecutive one-token calls (`model.next_tokens`, until the token is on the host).
+`--unroll 1,2,4` compares steps per decoder call instead: each round makes one call of every count in turn
+(`model.greedy_steps`; 1 is `next_tokens`), interleaved so load drift hits every count alike, and reports ms per
+token (call time / steps). The third line turns off XLA CPU's default YNNPACK fusions, to compare dot kernels.
 
 Uses the random-weight checkpoint that `generate.py` caches (run it once with the same --shape first), or --model.
 """
@@ -27,23 +31,39 @@ def main(argv=None) -> int:
     parser.add_argument("--tp", type=int, default=1)
     parser.add_argument("--src-len", type=int, default=32)
     parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--unroll", default=None, help="comma-separated steps per call to compare, e.g. 1,2,4")
+    parser.add_argument("--rounds", type=int, default=30, help="rounds of the --unroll comparison")
+    parser.add_argument("--bucket", type=int, default=64, help="target bucket of the --unroll comparison")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
 
     from nllb_neuronx import NLLBForSampling
 
     path = args.model or str(Path.home() / ".cache" / "nllb_neuronx" / "bench" / args.shape)
+    positions = args.bucket if args.unroll else args.steps + 8
     model = NLLBForSampling.from_pretrained(path, batch_size=args.batch_size, tp_degree=args.tp,
-                                            n_positions=[args.steps + 8], encoder_buckets=[args.src_len]).to_neuron()
+                                            n_positions=[positions], encoder_buckets=[args.src_len]).to_neuron()
     rng = np.random.default_rng(0)
     ids = rng.integers(4, model.config.vocab_size, (args.batch_size, args.src_len))
     ids[:, -1] = model.config.eos_token_id
+    record = {"shape": args.shape, "batch_size": args.batch_size, "tp_degree": args.tp,
+              "xla_flags": os.environ.get("XLA_FLAGS", ""), "load_average": os.getloadavg()[0]}
+    if args.unroll:
+        record.update(compare_unroll(model, ids, [int(n) for n in args.unroll.split(",")], args.rounds, args.bucket))
+    else:
+        record.update(consecutive_steps(model, ids, args.steps))
+    print(json.dumps(record))
+    if args.json:
+        Path(args.json).write_text(json.dumps(record, indent=2))
+    return 0
 
-    def run(steps: int) -> list[float]:
+
+def consecutive_steps(model, ids, steps: int) -> dict:
+    def run(count: int) -> list[float]:
         model.encode(ids, np.ones_like(ids))
-        feed = np.tile(np.array([model.config.decoder_start_token_id, 5]), (args.batch_size, 1))
+        feed = np.tile(np.array([model.config.decoder_start_token_id, 5]), (ids.shape[0], 1))
         times = []
-        for _ in range(steps):
+        for _ in range(count):
             start = time.perf_counter()
             token = model.next_tokens(feed)
             times.append(time.perf_counter() - start)
@@ -51,14 +71,38 @@ def main(argv=None) -> int:
         return times[1:]  # the first call consumed the 2-token prefix
 
     run(3)
-    times = np.array(run(args.steps)) * 1e3
-    record = {"shape": args.shape, "batch_size": args.batch_size, "tp_degree": args.tp,
-              "xla_flags": os.environ.get("XLA_FLAGS", ""), "ms_per_step_p50": float(np.median(times)),
-              "ms_per_step_p90": float(np.percentile(times, 90)), "steps": len(times)}
-    print(json.dumps(record))
-    if args.json:
-        Path(args.json).write_text(json.dumps(record, indent=2))
-    return 0
+    times = np.array(run(steps)) * 1e3
+    return {"ms_per_step_p50": float(np.median(times)), "ms_per_step_p90": float(np.percentile(times, 90)),
+            "steps": len(times)}
+
+
+def compare_unroll(model, ids, counts: list[int], rounds: int, bucket: int) -> dict:
+    """ms per token of one call of each unroll count per round; the position restarts before the bucket fills."""
+    model.encode(ids, np.ones_like(ids))
+    feed = {"tokens": np.full((ids.shape[0], 1), 5)}
+
+    def call(n: int) -> float:
+        if model.position + n > bucket:
+            model.reset()
+        start = time.perf_counter()
+        tokens = model.next_tokens(feed["tokens"])[:, None] if n == 1 else model.greedy_steps(feed["tokens"], n)
+        seconds = time.perf_counter() - start
+        feed["tokens"] = tokens[:, -1:]
+        return seconds * 1e3 / n
+
+    compile_s = {}
+    for n in counts:                                                       # compile, warm up
+        begin = time.perf_counter()
+        call(n)
+        compile_s[n] = time.perf_counter() - begin
+        call(n)
+    per_token = {n: [] for n in counts}
+    for _ in range(rounds):
+        for n in counts:
+            per_token[n].append(call(n))
+    return {"unroll_ms_per_token_p50": {n: float(np.median(v)) for n, v in per_token.items()},
+            "unroll_ms_per_token_p10": {n: float(np.percentile(v, 10)) for n, v in per_token.items()},
+            "rounds": rounds, "bucket": bucket, "first_call_s": compile_s}
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from dataclasses import MISSING, dataclass, fields
 AMP_DTYPES = ("f32", "bf16", "f16")
 TP_DEGREES = (1, 2, 4, 8, 16, 24, 32)  # 24: all NeuronCores of an inf2.48xlarge
 MAX_TOP_K_LIMIT = 8192  # half of Neuron's 16,384 sort/TopK limit: each sorted tile must keep fewer than it holds
+MAX_DECODE_UNROLL = 16  # each unrolled step is a whole decoder in the program: compile time and size grow with it
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,7 @@ class CompileConfig:
     backend: str | None = None
     compiled_dir: str | None = None                 # compiled artifacts to load from and store into
     max_top_k: int = 256                            # sampling draws among this many most likely tokens (NxDI's 256)
+    decode_unroll: int = 1                          # greedy steps per decoder call in sample() (1: one per call)
 
     def __post_init__(self):
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -97,6 +99,9 @@ class CompileConfig:
             raise ValueError(f"tp_degree must be one of {TP_DEGREES}, got {self.tp_degree!r}")
         if not isinstance(self.max_top_k, int) or not 1 <= self.max_top_k <= MAX_TOP_K_LIMIT:
             raise ValueError(f"max_top_k must be an integer in [1, {MAX_TOP_K_LIMIT}], got {self.max_top_k!r}")
+        if not isinstance(self.decode_unroll, int) or not 1 <= self.decode_unroll <= MAX_DECODE_UNROLL:
+            raise ValueError(f"decode_unroll must be an integer in [1, {MAX_DECODE_UNROLL}] (greedy decode steps per "
+                             f"decoder call; 1: one per call), got {self.decode_unroll!r}")
         if self.amp not in AMP_DTYPES:
             raise ValueError(f"amp must be one of {AMP_DTYPES}, got {self.amp!r}")
         object.__setattr__(self, "n_positions", _buckets("n_positions", self.n_positions))

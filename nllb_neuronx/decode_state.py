@@ -87,9 +87,10 @@ class DecodeState:
         source = self.require_source()
         return source.encoder_hidden_states.numpy(0)[source.row_map].astype(np.float32)
 
-    def decode(self, token_ids, head: str, **head_inputs) -> dict:
+    def decode(self, token_ids, head: str, steps: int = 1, **head_inputs) -> dict:
         """Feed one token per row ([rows] or [rows, 1]) or a known prefix ([rows, P]) through the decoder program with
-        `head`; returns its outputs (the caches are kept)."""
+        `head` (`steps` > 1: that many greedy steps unrolled in one call); returns its outputs (the caches are
+        kept)."""
         source = self.require_source()
         tokens = np.asarray(token_ids)
         if tokens.ndim == 1:
@@ -102,11 +103,11 @@ class DecodeState:
         if tokens.size and (tokens.min() < 0 or tokens.max() >= self.config.vocab_size):
             raise ValueError(f"token ids must lie in [0, {self.config.vocab_size}), got {tokens.min()}..{tokens.max()}")
         new = tokens.shape[1]
-        end = self.position + new
+        end = self.position + new - 1 + steps
         bucket = self.compile_config.decoder_bucket(end)
         padded = np.full((self.batch_size, new), self.config.pad_token_id, np.int32)
         padded[: source.rows] = tokens
-        out = self.programs.run(DecoderKey(source.source_len, head, new, bucket), input_ids=padded,
+        out = self.programs.run(DecoderKey(source.source_len, head, new, bucket, steps), input_ids=padded,
                                 start=np.full(self.batch_size, self.position, np.int32),
                                 active=(np.arange(self.batch_size) < source.rows).astype(np.int32),
                                 encoder_attention_mask=source.encoder_attention_mask, cross_k=source.cross_k,
@@ -135,8 +136,18 @@ class DecodeState:
                                  "rng=sampling.generator(), made once before the first step")
             uniform = (rng or np.random.default_rng()).random(self.batch_size, dtype=np.float32)
             out = self.decode(token_ids, "sample", **head_inputs([sampling] * self.batch_size, uniform))
-        tokens = out["next_token"].numpy(0)[: self.source.rows].astype(np.int64)
-        bad = np.nonzero((tokens < 0) | (tokens >= self.config.vocab_size))[0]
+        return self._checked(out["next_token"].numpy(0)[: self.source.rows].astype(np.int64))
+
+    def greedy_steps(self, token_ids, steps: int) -> np.ndarray:
+        """`steps` greedy tokens of each row from one call of the unrolled decoder (one token per row in, each
+        step's token fed to the next on the device): int64 [rows, steps]. Rows go on past EOS; the caller discards
+        what follows it."""
+        out = self.decode(token_ids, "greedy", steps=steps)
+        return self._checked(out["next_tokens"].numpy(0)[: self.source.rows].astype(np.int64))
+
+    def _checked(self, tokens: np.ndarray) -> np.ndarray:
+        """`tokens` ([rows] or [rows, steps]), or a clear error where a head returned -1 for NaN logits."""
+        bad = np.nonzero(((tokens < 0) | (tokens >= self.config.vocab_size)).reshape(tokens.shape[0], -1).any(1))[0]
         if bad.size:  # the heads return -1 for a row whose logits hold NaN (older heads: a large id)
             amp = self.compile_config.amp
             raise FloatingPointError(

@@ -16,6 +16,12 @@ The head is either "logits" (all-gathered [V_padded, B] for the last new token: 
 result), "greedy" (the argmax token id [B], chosen on the device), "sample" (a token id [B] drawn on the device
 among the `max_top_k` most likely), or "beam" (a beam-search step's candidates, [B, K], and the greedy token);
 `heads.py` and `beam_head.py` have them.
+
+`steps` > 1 (greedy head, one new token) unrolls that many greedy decode steps into one program (Neuron takes no
+dynamic while loop): each step's argmax token is the next step's input on the device, row b's step s at position
+start[b] + s; the tokens come back as `next_tokens` s32[B, steps]. Rows keep stepping past EOS; the host discards what
+follows it. It saves the per-call cost (dispatch, argument handling, token copies) of steps - 1 calls; every step
+still reads every weight.
 """
 
 from __future__ import annotations
@@ -30,10 +36,14 @@ from nllb_neuronx.program_spec import ProgramShapes, weight_params
 
 
 def build_decoder(shapes: ProgramShapes, new_tokens: int, bucket: int, source_len: int, head: str,
-                  cross_len: int | None = None) -> hlo.Module:
-    """`cross_len`: source positions the cross-attention K/V and mask are stored at (default `source_len`)."""
+                  cross_len: int | None = None, steps: int = 1) -> hlo.Module:
+    """`cross_len`: source positions the cross-attention K/V and mask are stored at (default `source_len`).
+    `steps`: greedy decode steps unrolled into the program (only with head "greedy" and one new token)."""
     if head not in HEADS:
         raise ValueError(f"decoder head must be one of {HEADS}, got {head!r}")
+    if not isinstance(steps, int) or steps < 1 or (steps > 1 and (head != "greedy" or new_tokens != 1)):
+        raise ValueError(f"steps must be 1, or more with the greedy head and one new token; got steps={steps!r}, "
+                         f"head {head!r}, new_tokens {new_tokens}")
     cross_len = source_len if cross_len is None else cross_len
     if cross_len < source_len:
         raise ValueError(f"cross_len {cross_len} must hold source_len {source_len}")
@@ -49,50 +59,60 @@ def build_decoder(shapes: ProgramShapes, new_tokens: int, bucket: int, source_le
     for name, shape in weight_params(shapes.decoder_weight_names(), shapes):
         spec.add(name, shape)
 
-    def decoder(p: hlo.Params) -> dict[str, hlo.Value]:
+    def forward(p: hlo.Params, ids: hlo.Value, start: hlo.Value, caches, cross_mask):
+        """ids [B, P] at positions [start[b], start[b] + P) -> (LM head logits [V_local, B] of the last, caches)."""
         w = p.__getitem__
-        ids = p.input_ids                                                                        # [B, P]
         not_pad = hlo.convert(hlo.compare(ids, m.pad_token_id, "NE"), s32)
-        row_start = hlo.broadcast_in_dim(p.start, [b, p_len], [0])                               # [B, P]
+        row_start = hlo.broadcast_in_dim(start, [b, p_len], [0])                                 # [B, P]
         position_ids = layers.positions(ids, nn.cumsum(not_pad, 1) + row_start, m.pad_token_id)  # [B, P]
         columns = [1, 0]                                                                         # to [P, B]
         h = layers.embed_tokens(hlo.transpose(ids, columns), w("shared.weight"), shapes.embed_scale, par.tp)
         h = h + hlo.convert(hlo.take(p.positions, hlo.transpose(position_ids, columns)), h.dtype)  # [P, B, H]
         h = hlo.reshape(hlo.transpose(h, [2, 0, 1]), [m.d_model, p_len * b])                     # [H, P*B]
 
-        query_pos = hlo.iota(s32[b, p_len, bucket], 1) + hlo.broadcast_in_dim(p.start, [b, p_len, bucket], [0])
+        query_pos = hlo.iota(s32[b, p_len, bucket], 1) + hlo.broadcast_in_dim(start, [b, p_len, bucket], [0])
         self_mask = layers.additive_mask(hlo.compare(hlo.iota(s32[b, p_len, bucket], 2), query_pos, "LE"))
+        for i in range(m.decoder_layers):
+            h, caches = decoder_layer.decoder_layer(h, self_mask, cross_mask, caches, (p.cross_k, p.cross_v), w, i,
+                                                    start, bucket, par)
+        last = hlo.slice_in_dim(h, (p_len - 1) * b, p_len * b, 1)                                # [H, B]
+        last = layers.layer_norm(last, w, "decoder.layer_norm", axis=0)
+        return hlo.dot_general(w("shared.weight"), last, ([1], [0]), preferred_element_type=f32), caches  # [V_l, B]
+
+    def decoder(p: hlo.Params) -> dict[str, hlo.Value]:
         source_mask = hlo.slice_in_dim(p.encoder_attention_mask, 0, source_len, 1)              # [B, S]
         keep = hlo.compare(source_mask, 0, "NE")                                                 # [B, S]
         cross_mask = layers.additive_mask(hlo.broadcast_in_dim(keep, [b, p_len, source_len], [0, 2]))
-
-        caches = (p.cache_k, p.cache_v)
-        for i in range(m.decoder_layers):
-            h, caches = decoder_layer.decoder_layer(h, self_mask, cross_mask, caches, (p.cross_k, p.cross_v), w, i,
-                                                    p.start, bucket, par)
-        last = hlo.slice_in_dim(h, (p_len - 1) * b, p_len * b, 1)                                # [H, B]
-        last = layers.layer_norm(last, w, "decoder.layer_norm", axis=0)
-        logits = hlo.dot_general(w("shared.weight"), last, ([1], [0]),
-                                 preferred_element_type=f32)                                     # [V_local, B]
-        out = {"cache_k": caches[0], "cache_v": caches[1]}
-        if head == "logits":
-            out["logits"] = heads.logits(logits, par.tp)                                         # [V_pad, B]
-            return out
-        if head == "beam":  # the beams' candidates ([B, K] each), and the greedy token for greedy rows
-            chosen = beam_head.beam(logits, m.vocab_size, par.tp, p.forced, p.beam_score, p.beam_group,
-                                    beam_head.candidates_for(b))
-            token = chosen.pop("next_token")
-            out.update(chosen)
-        elif head == "greedy":
-            token = heads.greedy(logits, m.vocab_size, par.tp)                                   # [B]
+        active = hlo.compare(p.active, 0, "NE")                                                  # [B]
+        caches, ids, start, tokens = (p.cache_k, p.cache_v), p.input_ids, p.start, []
+        for step in range(steps):
+            if step:
+                ids, start = hlo.reshape(tokens[-1], [b, 1]), start + 1                        # [B, 1], [B]
+            logits, caches = forward(p, ids, start, caches, cross_mask)
+            out = {"cache_k": caches[0], "cache_v": caches[1]}
+            if head == "logits":
+                out["logits"] = heads.logits(logits, par.tp)                                     # [V_pad, B]
+                return out
+            if head == "beam":  # the beams' candidates ([B, K] each), and the greedy token for greedy rows
+                chosen = beam_head.beam(logits, m.vocab_size, par.tp, p.forced, p.beam_score, p.beam_group,
+                                        beam_head.candidates_for(b))
+                token = chosen.pop("next_token")
+                out.update(chosen)
+            elif head == "greedy":
+                token = heads.greedy(logits, m.vocab_size, par.tp)                               # [B]
+            else:
+                token = heads.sample(logits, m.vocab_size, par.tp, p.temperature, p.top_k, p.top_p, p.uniform,
+                                     shapes.compile.max_top_k)                                   # [B]
+            tokens.append(hlo.select(active, token, hlo.full(-1, token.shape)))                  # [B]
+        if steps == 1:
+            out["next_token"] = tokens[0]                                                        # [B]
         else:
-            token = heads.sample(logits, m.vocab_size, par.tp, p.temperature, p.top_k, p.top_p, p.uniform,
-                                 shapes.compile.max_top_k)                                       # [B]
-        out["next_token"] = hlo.select(hlo.compare(p.active, 0, "NE"), token, hlo.full(-1, token.shape))  # [B]
+            out["next_tokens"] = hlo.concatenate([hlo.reshape(t, [b, 1]) for t in tokens], 1)    # [B, steps]
         return out
 
     label = {"sample": f"sample_k{shapes.compile.max_top_k}",
              "beam": f"beam_k{beam_head.candidates_for(b)}"}.get(head, head)
     stored = f"_of{cross_len}" if cross_len != source_len else ""
-    name = f"nllb_decoder_{label}_b{b}_p{p_len}_t{bucket}_s{source_len}{stored}_tp{par.tp}"
+    unrolled = f"_x{steps}" if steps > 1 else ""
+    name = f"nllb_decoder_{label}_b{b}_p{p_len}_t{bucket}_s{source_len}{stored}{unrolled}_tp{par.tp}"
     return hlo.build(name, spec, decoder, aliases={"cache_k": "cache_k", "cache_v": "cache_v"})

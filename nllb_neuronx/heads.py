@@ -44,9 +44,10 @@ def logits(logits_local: hlo.Value, tp: int) -> hlo.Value:
 
 def greedy(logits_local: hlo.Value, vocab_size: int, tp: int) -> hlo.Value:
     """The first index of the maximum over the whole vocabulary: [V_local, B] -> s32[B]; -1 for a row with a NaN."""
-    b = logits_local.dims[1]
+    v_local, b = logits_local.dims
     ids = _global_ids(logits_local, tp)                                                     # [V_local, B]
-    masked = _mask_padding(logits_local, ids, vocab_size)
+    # no padding rows (tp divides the vocabulary): no mask, one pass less (batch 8, 600M: 4-8 vs 6-12 ms)
+    masked = logits_local if v_local * tp == vocab_size else _mask_padding(logits_local, ids, vocab_size)
     nan = _any_nan(masked)                                                                  # [B]
     best, token = hlo.argmax(masked, 0, indices=ids)                                        # [B], [B]
     if tp > 1:  # each rank's best, then the best of those (ties: the smallest id, as on one rank)

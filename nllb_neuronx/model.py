@@ -76,15 +76,18 @@ class NLLBForSampling:
     @classmethod
     def from_pretrained(cls, path, batch_size: int = 1, tp_degree: int = 1, n_positions=(64, 128, 256),
                         encoder_buckets=(32, 64, 128, 256), amp: str = "f32", backend: str | None = None,
-                        compiled_dir: str | None = None, max_top_k: int = 256) -> "NLLBForSampling":
+                        compiled_dir: str | None = None, max_top_k: int = 256,
+                        decode_unroll: int = 1) -> "NLLBForSampling":
         """`path`: a local HF checkpoint directory or a hub id. `compiled_dir`: compiled artifacts to load programs
-        from and store new ones into (see `save`). `max_top_k`: sampling draws among this many most likely tokens."""
+        from and store new ones into (see `save`). `max_top_k`: sampling draws among this many most likely tokens.
+        `decode_unroll`: greedy decode steps per decoder call in `sample()` (1, the default: one step per call;
+        benchmarks/RESULTS.md says where more pays)."""
         path = resolve_path(path)
         model = ModelConfig.from_hf(read_config(path))  # an unsupported model fails before any weight is read
         checkpoint = Checkpoint(path)
         compile_config = CompileConfig(batch_size=batch_size, tp_degree=tp_degree, n_positions=tuple(n_positions),
                                        encoder_buckets=tuple(encoder_buckets), amp=amp, backend=backend,
-                                       compiled_dir=compiled_dir, max_top_k=max_top_k)
+                                       compiled_dir=compiled_dir, max_top_k=max_top_k, decode_unroll=decode_unroll)
         if compile_config.max_target_length > model.max_position_embeddings:
             log.info("n_positions %s exceed max_position_embeddings %d; positions are generated, so this works",
                      compile_config.n_positions, model.max_position_embeddings)
@@ -221,6 +224,13 @@ class NLLBForSampling:
         generator: `rng = sampling.generator()` once per decode; None takes a fresh one, which a seeded `sampling`
         refuses): only token ids come back to the host."""
         return self._state.next_tokens(token_ids, sampling, rng)
+
+    @_exclusive
+    def greedy_steps(self, token_ids, steps: int) -> np.ndarray:
+        """Feed one token per row ([rows] or [rows, 1]) and make `steps` greedy steps in one decoder call (the
+        unrolled program: each step's token feeds the next on the device): int64 [rows, steps]. Rows go on past
+        EOS; the caller discards what follows it (`sample()` does, with `decode_unroll`)."""
+        return self._state.greedy_steps(token_ids, steps)
 
     # ---------------------------------------------------------------------------------------------- sampling
     @_exclusive

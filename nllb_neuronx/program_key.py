@@ -59,16 +59,19 @@ class ReorderKey(ProgramKey):
 @dataclass(frozen=True)
 class DecoderKey(ProgramKey):
     """A lockstep decoder program: its token-choice head ("greedy", "sample" or "logits"), the tokens it takes per
-    call (1, or 2 for the decoder start + language prefix), its target bucket, for a source bucket."""
+    call (1, or 2 for the decoder start + language prefix), its target bucket, for a source bucket; `steps` greedy
+    decode steps unrolled into one call (1: one step; more only with the greedy head and one new token)."""
 
     kind: ClassVar[str] = "decoder"
     source_len: int
     head: str
     new_tokens: int
     target_len: int
+    steps: int = 1
 
     def build(self, shapes: ProgramShapes) -> hlo.Module:
-        return build_decoder(shapes, self.new_tokens, self.target_len, self.source_len, self.head)
+        return build_decoder(shapes, self.new_tokens, self.target_len, self.source_len, self.head,
+                             steps=self.steps)
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Collection, Mapping
 
-import hlo
-from hlo.runtime import Program
+from hlo.runtime import BoundProgram, Program
 
 from nllb_neuronx.program_key import (DecoderKey, EncoderKey, ProgramEvent, ProgramKey, ReorderKey, SlotEncoderKey,
                                       SlotReorderKey, SlotStepKey)
@@ -40,9 +39,10 @@ def every_program(shapes: ProgramShapes, heads: Collection[str] | None = None) -
     start, then the language code) only at position 0, so only in the target bucket that holds 2 positions. Slot
     engine: per source bucket a slot encoder per insert size and the slot step's heads in every target bucket (at
     the largest source bucket the slot step is the lockstep decoder program, `SlotStepKey.canonical`, listed once:
-    with the lockstep programs, or here for the beam head, which only the slot engine runs); one slot reorder. The
-    slot step's logits head (`SlotState.step(head="logits")`, for checks) is compiled when first used. `heads`: only
-    the decode programs with these heads (the others kept), e.g. ("greedy",) for greedy translation alone."""
+    with the lockstep programs, or here for the beam head, which only the slot engine runs); one slot reorder. With
+    `decode_unroll` n > 1, also the greedy decoder of n unrolled steps per target bucket. The slot step's logits head
+    (`SlotState.step(head="logits")`, for checks) is compiled when first used. `heads`: only the decode programs with
+    these heads (the others kept), e.g. ("greedy",) for greedy translation alone."""
     if heads is not None:
         unknown = set(heads) - set(LOCKSTEP_HEADS) - set(SLOT_HEADS)
         if unknown:
@@ -56,6 +56,8 @@ def every_program(shapes: ProgramShapes, heads: Collection[str] | None = None) -
         for t in c.n_positions:
             for new in (1, 2) if t == prefix_bucket else (1,):
                 keys += [DecoderKey(s, head, new, t) for head in LOCKSTEP_HEADS]
+            if c.decode_unroll > 1 and t >= c.decode_unroll:                  # sample()'s unrolled greedy steps
+                keys.append(DecoderKey(s, "greedy", 1, t, steps=c.decode_unroll))
     for s in c.encoder_buckets:
         keys += [SlotEncoderKey(s, rows) for rows in insert_sizes(c.batch_size)]
         if s < shapes.max_source_length:
@@ -74,12 +76,14 @@ class ProgramRegistry:
         self.runtime = None
         self.weights: Mapping[str, object] = {}
         self._programs: dict[ProgramKey, Program] = {}
+        self._bound_programs: dict[ProgramKey, BoundProgram] = {}    # weights bound once
         self._observers: list[Callable[[ProgramEvent], None]] = []
         self._lock = threading.Lock()
 
     def attach(self, runtime, weights: Mapping[str, object]) -> None:
         """Run programs on `runtime`, fed with `weights` (device tensors by parameter name)."""
         self.runtime, self.weights = runtime, weights
+        self._bound_programs = {}
 
     def require_runtime(self) -> None:
         if self.runtime is None:
@@ -104,10 +108,20 @@ class ProgramRegistry:
     def run(self, key: ProgramKey, **inputs) -> dict:
         """Run the program `key`: weights are fed by parameter name, the rest from `inputs` (the runtime feeds the
         rank, `hlo.RANK_PARAM`)."""
-        program = self.get(key)
-        feed = {name: inputs[name] if name in inputs else self.weights[name] for name in program.module.params.names
-                if name != hlo.RANK_PARAM}
-        return program.run(feed)
+        bound = self._bound(key)
+        params = bound.program.module.params
+        return bound.run({name: value for name, value in inputs.items() if name in params})
+
+    def _bound(self, key: ProgramKey) -> BoundProgram:
+        """The program `key` with this model's weights bound once (`Program.bind`): a call then converts only its
+        own inputs, not ~200 weight arguments again."""
+        key = key.canonical(self.shapes)
+        bound = self._bound_programs.get(key)
+        if bound is None:
+            program = self.get(key)
+            weights = {name: self.weights[name] for name in program.module.params.names if name in self.weights}
+            bound = self._bound_programs.setdefault(key, program.bind(weights))
+        return bound
 
     def _notify(self, key: ProgramKey, seconds: float) -> None:
         for callback in list(self._observers):
@@ -127,6 +141,7 @@ class ProgramRegistry:
         """Drop the handles on the programs: the next calls fetch them again from the runtime's caches."""
         with self._lock:
             self._programs.clear()
+            self._bound_programs = {}
 
     # ---------------------------------------------------------------------------------------- ahead of time
     def every_program(self, heads: Collection[str] | None = None) -> list[ProgramKey]:

@@ -1,5 +1,8 @@
 """The lockstep generation loop behind `NLLBForSampling.sample()`: batches of `batch_size` rows, each encoded once,
-then decoded together one token per step until every row has stopped, laid out as HF `generate()` returns them."""
+then decoded together one token per step until every row has stopped, laid out as HF `generate()` returns them.
+With `decode_unroll` n > 1 (greedy only), each decoder call makes n steps (`DecodeState.greedy_steps`): the same
+tokens, fewer calls; a row that stops mid-call steps on to the call's end on the device, and its tokens there are
+replaced with pad as in the one-step loop."""
 
 from __future__ import annotations
 
@@ -56,12 +59,19 @@ def _sample_batch(state: DecodeState, ids, mask, max_new_tokens, forced, start, 
     generated = [] if forced is None else [np.asarray(forced, np.int64)]
     done = np.zeros(rows, bool) if forced is None else np.isin(generated[0], eos)
     feed = np.stack([np.full(rows, start, np.int64)] + generated, axis=1)                     # [rows, 1 or 2]
+    unroll = state.compile_config.decode_unroll if sampling is None else 1
     while len(generated) < max_new_tokens and not done.all():
-        token = state.next_tokens(feed, sampling, rng)
-        token = np.where(done, pad, token)
-        generated.append(token)
-        done |= np.isin(token, eos)
-        feed = token[:, None]
+        if unroll > 1 and feed.shape[1] == 1 and max_new_tokens - len(generated) >= unroll:
+            steps = state.greedy_steps(feed, unroll)                                            # [rows, unroll]
+        else:  # the prefix, sampling, or fewer tokens left than an unrolled call makes
+            steps = state.next_tokens(feed, sampling, rng)[:, None]                             # [rows, 1]
+        for token in steps.T:  # as one step per call: a row past its EOS gets pad (and is fed pad there)
+            if done.all():
+                break
+            token = np.where(done, pad, token)
+            generated.append(token)
+            done |= np.isin(token, eos)
+        feed = generated[-1][:, None]
     return np.concatenate([np.full((rows, 1), start, np.int64)] + [g[:, None] for g in generated], axis=1)
 
 

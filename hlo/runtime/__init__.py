@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hlo.runtime.base import DeviceTensor, PerRank, Program, Runtime, RuntimeInputError
+from hlo.runtime.base import BoundProgram, DeviceTensor, PerRank, Program, Runtime, RuntimeInputError
 
 BACKENDS = ("xla-cpu", "xla-gpu", "neuron")
 
@@ -40,5 +40,5 @@ def get_runtime(backend: str = "xla-cpu", tp_degree: int = 1, cache_dir=None) ->
     raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
 
 
-__all__ = ["BACKENDS", "neuron_available", "xla_platforms", "xla_hlo_text", "DeviceTensor", "PerRank", "Program",
-           "Runtime", "RuntimeInputError", "get_runtime"]
+__all__ = ["BACKENDS", "BoundProgram", "neuron_available", "xla_platforms", "xla_hlo_text", "DeviceTensor", "PerRank",
+           "Program", "Runtime", "RuntimeInputError", "get_runtime"]

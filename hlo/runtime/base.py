@@ -116,21 +116,59 @@ class Program:
         return self.run(inputs)
 
     def run(self, inputs: Mapping[str, object]) -> dict[str, DeviceTensor]:
-        spec = self.module.params
-        if RANK_PARAM in spec and RANK_PARAM not in inputs:  # a program that uses hlo.rank(): rank r gets r
-            if self._ranks is None:
-                self._ranks = self.runtime.put(PerRank([np.int32(r) for r in range(self.runtime.tp_degree)]))
-            inputs = {**inputs, RANK_PARAM: self._ranks}
-        missing = [n for n in spec.names if n not in inputs]
+        return self.bind({}).run(inputs)
+
+    def bind(self, fixed: Mapping[str, DeviceTensor]) -> "BoundProgram":
+        """This program with the inputs that stay the same from call to call (weights) checked and converted once:
+        only the others are handled per call. (At 600M, 200 weight arguments cost about 1.5 ms per call when each
+        is checked again.) Only device tensors the program does not update in place (not aliased) can be bound."""
+        return BoundProgram(self, fixed)
+
+    def rank_input(self) -> DeviceTensor:
+        """Each rank's number, for `hlo.RANK_PARAM` (uploaded on first use)."""
+        if self._ranks is None:
+            self._ranks = self.runtime.put(PerRank([np.int32(r) for r in range(self.runtime.tp_degree)]))
+        return self._ranks
+
+
+class BoundProgram:
+    """A program with some inputs bound (`Program.bind`): called with the rest by name, or with a bound one again to
+    replace it for that call. Holds the bound buffers: a bound device tensor deleted meanwhile fails in the runtime."""
+
+    def __init__(self, program: Program, fixed: Mapping[str, DeviceTensor]):
+        spec, module = program.module.params, program.module
+        self.program = program
+        unknown = [n for n in fixed if n not in spec]
+        donated = [n for n in fixed if n in {param for _, param in module.aliases}]
+        if unknown or donated:
+            raise RuntimeInputError(f"program {program.name!r}: cannot bind " + "; ".join(
+                ([f"unknown inputs {unknown}"] if unknown else []) +
+                ([f"inputs it updates in place {donated}"] if donated else [])))
+        if RANK_PARAM in spec and RANK_PARAM not in fixed:  # a program that uses hlo.rank(): rank r gets r
+            fixed = {**fixed, RANK_PARAM: program.rank_input()}
+        self._arrays = [program.runtime.as_device(name, shape, fixed[name]) if name in fixed else None
+                        for name, shape in spec]
+        self._free = {name for name in spec.names if name not in fixed}
+
+    def __call__(self, **inputs) -> dict[str, DeviceTensor]:
+        return self.run(inputs)
+
+    def run(self, inputs: Mapping[str, object]) -> dict[str, DeviceTensor]:
+        program = self.program
+        spec, runtime = program.module.params, program.runtime
+        missing = [n for n in self._free if n not in inputs]
         extra = [n for n in inputs if n not in spec]
         if missing or extra:
             raise RuntimeInputError(
-                f"program {self.name!r}: " + "; ".join(
-                    ([f"missing inputs {missing}"] if missing else []) + ([f"unknown inputs {extra}"] if extra else []))
-                + f". Its parameters are {spec.names}")
-        arrays = [self.runtime.as_device(name, shape, inputs[name]) for name, shape in spec]
-        outs = self.runtime.execute(self, arrays)
-        return {name: DeviceTensor(self.runtime, arr, shape) for (name, shape), arr in zip(self.module.outputs, outs)}
+                f"program {program.name!r}: " + "; ".join(
+                    ([f"missing inputs {sorted(missing)}"] if missing else []) +
+                    ([f"unknown inputs {extra}"] if extra else [])) + f". Its parameters are {spec.names}")
+        arrays = list(self._arrays)
+        for index, (name, shape) in enumerate(spec):
+            if name in inputs:
+                arrays[index] = runtime.as_device(name, shape, inputs[name])
+        outs = runtime.execute(program, arrays)
+        return {name: DeviceTensor(runtime, arr, shape) for (name, shape), arr in zip(program.module.outputs, outs)}
 
 
 @dataclass(frozen=True)
