@@ -53,7 +53,7 @@ def build_decoder(shapes: ProgramShapes, new_tokens: int, bucket: int, source_le
         row_start = hlo.broadcast_in_dim(p.start, [b, p_len], [0])                               # [B, P]
         position_ids = layers.positions(ids, nn.cumsum(not_pad, 1) + row_start, m.pad_token_id)  # [B, P]
         columns = [1, 0]                                                                         # to [P, B]
-        h = layers.embed_tokens(hlo.transpose(ids, columns), w("shared.weight"), shapes.embed_scale, par.tp)
+        h = layers.embed(hlo.transpose(ids, columns), w, shapes.embed_scale, par.tp, shapes.dtype)
         h = h + hlo.convert(hlo.take(p.positions, hlo.transpose(position_ids, columns)), h.dtype)  # [P, B, H]
         h = hlo.reshape(hlo.transpose(h, [2, 0, 1]), [m.d_model, p_len * b])                     # [H, P*B]
 
@@ -69,8 +69,7 @@ def build_decoder(shapes: ProgramShapes, new_tokens: int, bucket: int, source_le
                                                     p.start, bucket, par)
         last = hlo.slice_in_dim(h, (p_len - 1) * b, p_len * b, 1)                                # [H, B]
         last = layers.layer_norm(last, w, "decoder.layer_norm", axis=0)
-        logits = hlo.dot_general(w("shared.weight"), last, ([1], [0]),
-                                 preferred_element_type=f32)                                     # [V_local, B]
+        logits = layers.lm_head(last, w, par)                                                    # [V_local, B] f32
         out = {"cache_k": caches[0], "cache_v": caches[1]}
         if head == "logits":
             out["logits"] = heads.logits(logits, par.tp)                                         # [V_pad, B]

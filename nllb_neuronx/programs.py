@@ -15,6 +15,7 @@ insert size and source bucket, slot steps per head, target and smaller source bu
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -52,7 +53,8 @@ def every_program(shapes: ProgramShapes) -> list[ProgramKey]:
         keys += [SlotEncoderKey(s, rows) for rows in insert_sizes(c.batch_size)]
         if s < shapes.max_source_length:
             keys += [SlotStepKey(s, head, t) for t in c.n_positions for head in SLOT_HEADS]
-    return keys + [SlotReorderKey()]
+    keys.append(SlotReorderKey())
+    return [dataclasses.replace(key, quantized=True) for key in keys] if shapes.quantized else keys
 
 
 class ProgramRegistry:
@@ -62,13 +64,16 @@ class ProgramRegistry:
         self.shapes = shapes
         self.runtime = None
         self.weights: Mapping[str, object] = {}
+        self._build_shapes = shapes
         self._programs: dict[ProgramKey, Program] = {}
         self._observers: list[Callable[[ProgramEvent], None]] = []
         self._lock = threading.Lock()
 
     def attach(self, runtime, weights: Mapping[str, object]) -> None:
-        """Run programs on `runtime`, fed with `weights` (device tensors by parameter name)."""
+        """Run programs on `runtime`, fed with `weights` (device tensors by parameter name). Programs are built for
+        the runtime's backend (`ProgramShapes.for_backend`: int8 linears take the backend's form)."""
         self.runtime, self.weights = runtime, weights
+        self._build_shapes = self.shapes.for_backend(runtime.backend)
 
     def require_runtime(self) -> None:
         if self.runtime is None:
@@ -84,7 +89,7 @@ class ProgramRegistry:
             program = self._programs.get(key)
             if program is None:
                 start = time.perf_counter()
-                program = self._programs[key] = self.runtime.compile(key.build(self.shapes))
+                program = self._programs[key] = self.runtime.compile(key.build(self._build_shapes))
                 seconds = time.perf_counter() - start
         if seconds is not None:  # outside the lock: an observer may ask the registry
             self._notify(key, seconds)
@@ -130,7 +135,7 @@ class ProgramRegistry:
 
         def fetch(key: ProgramKey):
             start = time.perf_counter()
-            return key, self.runtime.compile(key.build(self.shapes)), time.perf_counter() - start
+            return key, self.runtime.compile(key.build(self._build_shapes)), time.perf_counter() - start
 
         with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
             for key, program, seconds in pool.map(fetch, missing):
