@@ -28,13 +28,17 @@ def main(argv=None) -> int:
     parser.add_argument("--src-len", type=int, default=32)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--json", default=None)
+    parser.add_argument("--quantize", default=None, choices=["s8", "s8-no-lm-head"],
+                        help="int8 weights: every linear and the LM head (s8), or the linears only")
     args = parser.parse_args(argv)
 
-    from nllb_neuronx import NLLBForSampling
+    from nllb_neuronx import NLLBForSampling, QuantizationConfig
 
     path = args.model or str(Path.home() / ".cache" / "nllb_neuronx" / "bench" / args.shape)
     model = NLLBForSampling.from_pretrained(path, batch_size=args.batch_size, tp_degree=args.tp,
-                                            n_positions=[args.steps + 8], encoder_buckets=[args.src_len]).to_neuron()
+                                            n_positions=[args.steps + 8], encoder_buckets=[args.src_len],
+                                            quantization=args.quantize and QuantizationConfig(
+                                                quantize_lm_head=args.quantize == "s8")).to_neuron()
     rng = np.random.default_rng(0)
     ids = rng.integers(4, model.config.vocab_size, (args.batch_size, args.src_len))
     ids[:, -1] = model.config.eos_token_id
@@ -53,7 +57,7 @@ def main(argv=None) -> int:
     run(3)
     times = np.array(run(args.steps)) * 1e3
     record = {"shape": args.shape, "batch_size": args.batch_size, "tp_degree": args.tp,
-              "xla_flags": os.environ.get("XLA_FLAGS", ""), "ms_per_step_p50": float(np.median(times)),
+              "xla_flags": os.environ.get("XLA_FLAGS", ""), "quantize": args.quantize, "ms_per_step_p50": float(np.median(times)),
               "ms_per_step_p90": float(np.percentile(times, 90)), "steps": len(times)}
     print(json.dumps(record))
     if args.json:

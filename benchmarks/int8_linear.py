@@ -5,8 +5,8 @@ hlo Program API), to choose the form a backend's int8 programs use (`hlo/quant.p
 
 Forms: f32 (the weight in f32, `nn.linear_columns`); dequant_dot (transformers-neuronx's: s8 weight converted to f32
 before the dot, the scale after it); dequant_bf16 (the s8 weight converted to bf16, x to bf16, the dot into f32);
-int8_dot (CTranslate2's: x quantized per column on the fly, s8 x s8 -> s32 dot, both scales after it);
-int8_dot_rows (the same, rows first: x_q [C, in] . W_q[out, in] -> [C, out], the layout YNNPACK packs W in).
+int8_dot (CTranslate2's: x quantized per column on the fly, s8 x s8 -> s32 dot, both scales after it; one column
+padded to two); int8_dot_unpadded (the same without that padding); int8_dot_rows (the same, rows first: x_q [C, in] . W_q[out, in] -> [C, out], the layout YNNPACK packs W in).
 Prints one JSON line per (shape, batch, form): ms p50 / p10 over `--calls` calls after 2 warm-up calls.
 """
 
@@ -43,16 +43,17 @@ def build(form: str, out: int, inp: int, cols: int) -> hlo.Module:
             acc = hlo.dot_general(hlo.transpose(x_q, [1, 0]), p.w, ([1], [1]), preferred_element_type=s32)  # [C, out]
             y = hlo.convert(acc, f32) * hlo.broadcast_in_dim(p.scale, acc.dims, [1])
             return {"y": y * hlo.broadcast_in_dim(x_scale, acc.dims, [0])}
-        if form.startswith("int8_dot_pad"):  # x padded with zero columns to at least `pad`, the result sliced back
-            pad = int(form[len("int8_dot_pad"):])
-            x = hlo.pad(p.x, 0.0, [(0, 0, 0), (0, max(pad - cols, 0), 0)]) if cols < pad else p.x
-            return {"y": hlo.slice_in_dim(quant.int8_dot(p.w, p.scale, x), 0, cols, 1)}
+        if form == "int8_dot_unpadded":  # int8_dot without padding one column to two (the matrix-vector path)
+            x_q, x_scale = quant.quantize_columns(p.x)
+            acc = hlo.dot_general(p.w, x_q, ([1], [0]), preferred_element_type=s32)                  # [out, C]
+            y = hlo.convert(acc, f32) * hlo.broadcast_in_dim(p.scale, acc.dims, [0])
+            return {"y": y * hlo.broadcast_in_dim(x_scale, acc.dims, [1])}
         raise ValueError(form)
 
     return hlo.build(f"linear_{form}_{out}x{inp}_c{cols}", spec, body)
 
 
-FORMS = ("f32", "dequant_dot", "dequant_bf16", "int8_dot", "int8_dot_rows", "int8_dot_pad2", "int8_dot_pad4", "int8_dot_pad8")
+FORMS = ("f32", "dequant_dot", "dequant_bf16", "int8_dot", "int8_dot_unpadded", "int8_dot_rows")
 
 
 def main(argv=None) -> int:
