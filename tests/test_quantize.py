@@ -123,3 +123,21 @@ def test_int8_greedy_agrees_with_f32_on_the_trained_model(trained_model):
     print(f"int8 greedy agreement with f32: {agreement:.4f} of {int(counted.sum())} tokens, "
           f"{identical}/{AGREEMENT_LINES} lines identical")
     assert agreement >= MIN_AGREEMENT
+
+
+def test_int8_slot_engine_equals_int8_sample_line_by_line(tiny_checkpoint):
+    """The slot engine's programs (slot encoder, steps, reorder) with int8 weights: each line as
+    int8 `sample()` of that line alone (activations are quantized per token, so batch neighbours change nothing)."""
+    from nllb_neuronx.engine import SlotEngine
+    from nllb_neuronx.engine_api import GenerationRequest
+
+    path, _ = tiny_checkpoint
+    model = NLLBForSampling.from_pretrained(path, batch_size=2, n_positions=[16], encoder_buckets=[16],
+                                            quantization="s8").to_neuron()
+    ids, mask = source_batch(128, lengths=(9, 5, 12))
+    lines = [row[m.astype(bool)] for row, m in zip(ids, mask)]
+    with SlotEngine(model) as engine:
+        results = list(engine.generate([GenerationRequest(line, 7, 8) for line in lines]))
+    for line, got in zip(lines, results):
+        alone = model.sample(line[None], max_new_tokens=8, forced_bos_token_id=7)[0]
+        assert got.tolist() == alone[:len(got)].tolist() and (alone[len(got):] == 1).all()
