@@ -82,31 +82,31 @@ def heads(x: hlo.Value, n_local: int) -> hlo.Value:
     return hlo.transpose(hlo.reshape(x, [b, p, n_local, nd // n_local]), [0, 2, 1, 3])
 
 
-def linear_columns(x: hlo.Value, w: Weights, name: str, par: "Parallel", row_parallel: bool = False) -> hlo.Value:
+def linear_columns(x: hlo.Value, w: Weights, name: str, par: "Parallel", row_parallel: bool = False,
+                   features_axis: int = 0) -> hlo.Value:
     """The checkpoint's Linear `name` on features-first x [in, C] -> [out, C]: W @ x + bias; `row_parallel`: the
     partial product of this rank's in-features, without the bias (the caller all-reduces, then adds it once). Every
     linear of the programs goes through here or `linear`: an int8 weight (s8 parameter, `quantize.py`) is computed in
     the backend's `hlo.quant` form `par.quant_form`, with its scales `<name>.weight_scale`; a row-parallel one that
     quantizes its activations (`int8_dot`) takes the whole column's scale (max-all-reduced), so tp ranks compute what
-    one rank would."""
+    one rank would. `features_axis` 1: x is rows of tokens [C, in] (int8 weights only; the result is still [out, C])."""
     weight, b = w(f"{name}.weight"), (None if row_parallel else w(f"{name}.bias"))
     if weight.dtype != s8:
         return nn.linear_columns(x, weight, b)
     groups = replica_groups(par.tp) if par.tp > 1 and row_parallel else None
     return quant.quantized_linear_columns(x, weight, w(f"{name}.weight_scale"), b, par.quant_form,
-                                          replica_groups=groups)
+                                          replica_groups=groups, features_axis=features_axis)
 
 
 def linear(x: hlo.Value, w: Weights, name: str, par: "Parallel", row_parallel: bool = False) -> hlo.Value:
     """The checkpoint's Linear `name` on rows of tokens x [B, P, in] -> [B, P, out]: x @ W.T + bias (`row_parallel`:
-    as `linear_columns`). An int8 weight
-    is computed features first (W_q @ x.T, transposed back): on XLA CPU an s8 dot with the weight on the right packs
-    the whole weight every call, 5-15x slower (benchmarks/RESULTS.md, "int8 weights")."""
+    as `linear_columns`). An int8 weight is computed as W_q @ x.T (x contracted on its last axis, the weight on the
+    left), transposed back: on XLA CPU an s8 dot with the weight on the right packs the whole weight every call, 5-15x
+    slower (benchmarks/RESULTS.md, "int8 weights")."""
     if w(f"{name}.weight").dtype != s8:
         return nn.linear(x, w(f"{name}.weight"), None if row_parallel else w(f"{name}.bias"))
     b, p, h = x.dims
-    columns = hlo.transpose(hlo.reshape(x, [b * p, h]), [1, 0])                           # [in, B*P]
-    y = linear_columns(columns, w, name, par, row_parallel)                               # [out, B*P]
+    y = linear_columns(hlo.reshape(x, [b * p, h]), w, name, par, row_parallel, features_axis=1)  # [out, B*P]
     return hlo.reshape(hlo.transpose(y, [1, 0]), [b, p, y.dims[0]])
 
 

@@ -37,16 +37,19 @@ def test_quantize_rows_error_bound_per_channel():
     assert (error <= scale / 2 * (1 + 1e-5)).all()                          # round to nearest: half a step per row
 
 
+@pytest.mark.parametrize("features_axis", [0, 1])
 @pytest.mark.parametrize("columns", [1, 3])
 @pytest.mark.parametrize("form", quant.FORMS)
-def test_quantized_linear_forms_match_numpy(form, columns):
+def test_quantized_linear_forms_match_numpy(form, columns, features_axis):
     rng = np.random.default_rng(1)
     weight_q, scale = quantize_rows(rng.standard_normal((48, 32)).astype(np.float32))
     x = rng.standard_normal((32, columns)).astype(np.float32)
     bias = rng.standard_normal(48).astype(np.float32)
-    spec = hlo.ParamSpec(w=s8[48, 32], scale=f32[48], x=f32[32, columns], b=f32[48])
-    module = hlo.build("qlinear", spec, lambda p: {"y": quant.quantized_linear_columns(p.x, p.w, p.scale, p.b, form)})
-    y = get_runtime("xla-cpu").compile(module)(w=weight_q, scale=scale, x=x, b=bias)["y"].numpy()
+    fed = x if features_axis == 0 else np.ascontiguousarray(x.T)                  # [in, C] or rows of tokens [C, in]
+    spec = hlo.ParamSpec(w=s8[48, 32], scale=f32[48], x=f32[fed.shape], b=f32[48])
+    module = hlo.build("qlinear", spec, lambda p: {"y": quant.quantized_linear_columns(
+        p.x, p.w, p.scale, p.b, form, features_axis=features_axis)})
+    y = get_runtime("xla-cpu").compile(module)(w=weight_q, scale=scale, x=fed, b=bias)["y"].numpy()
     exact = (weight_q * scale[:, None]) @ x + bias[:, None]
     # dequant_dot is exact up to f32 rounding; int8_dot adds the activations' rounding, half a step per column
     tolerance = 1e-4 if form == quant.DEQUANT_DOT else np.abs(weight_q * scale[:, None]).sum(1).max() * \
