@@ -193,6 +193,12 @@ def _num(value, digits: int = 1) -> str:
     return "–" if value is None else f"{value:,.{digits}f}"
 
 
+def _f32_agreement(r: dict) -> str:
+    if r.get("compared_to_f32") is None:
+        return "–"
+    return f"{r['token_agreement_f32']:.4f}, {r['identical_to_f32']} / {r['compared_to_f32']}"
+
+
 def markdown_table(records: list[dict], meta: dict) -> str:
     lines = [f"Shape `{meta['shape']}` (trained toy model, embedded), {meta['lines']} lines, source "
              f"{meta['source_tokens_min']}–{meta['source_tokens_max']} tokens "
@@ -200,18 +206,18 @@ def markdown_table(records: list[dict], meta: dict) -> str:
              f"max_new_tokens {meta['max_new_tokens']}, {meta['threads']} threads; machine: {meta['machine']['cpu']}, "
              f"{meta['machine']['cores']} cores.", "",
              "| engine | batch | lines | lines/s | tokens/s | slot occupancy | latency p50 s | latency p90 s | "
-             "identical to HF | stopped on EOS | compile s | peak RSS MB |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "identical to HF | stopped on EOS | compile s | peak RSS MB | int8 vs f32: tokens, lines |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in records:
         if r.get("status") != "ok":
             lines.append(f"| {r['engine']} | {r['batch_size']} | {r.get('status')}: {r.get('note', '')} |"
-                         + " – |" * 9)
+                         + " – |" * 10)
             continue
         same = "–" if r.get("compared_to_hf") is None else f"{r['identical_to_hf']} / {r['compared_to_hf']}"
         lines.append(f"| {r['engine']} | {r['batch_size']} | {r['lines']} | {_num(r['lines_per_s'], 2)} | "
                      f"{_num(r['tokens_per_s'])} | {_num(r.get('slot_occupancy'), 3)} | {_num(r['latency_p50_s'])} | "
                      f"{_num(r['latency_p90_s'])} | {same} | {r['stopped_on_eos']} / {r['lines']} | "
-                     f"{_num(r.get('compile_s'))} | {_num(r.get('peak_rss_mb'), 0)} |")
+                     f"{_num(r.get('compile_s'))} | {_num(r.get('peak_rss_mb'), 0)} | {_f32_agreement(r)} |")
     return "\n".join(lines)
 
 
