@@ -196,10 +196,11 @@ def _export_hlo(args) -> int:
     from nllb_neuronx import NLLBForSampling
     from nllb_neuronx.export import MANIFEST, export_hlo
 
-    model = NLLBForSampling.from_pretrained(
+    model = NLLBForSampling.from_pretrained(   # built for neuron: int8 linears in transformers-neuronx's form
         args.model, batch_size=args.batch_size, tp_degree=args.tp, amp=args.amp, max_top_k=args.max_top_k,
         n_positions=_ints(args.n_positions, "--n-positions"), encoder_buckets=_ints(args.encoder_buckets,
-                                                                                     "--encoder-buckets"))
+                                                                                     "--encoder-buckets"),
+        quantization=args.quantize, backend="neuron")
     result = export_hlo(model, args.out)
     print(f"wrote {len(result.programs)} programs (.hlo.pb, .hlo.txt) and {MANIFEST} into {args.out}")
     if not result.clean:

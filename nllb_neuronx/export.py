@@ -68,7 +68,8 @@ def export_hlo(model, directory) -> Export:
         "format": FORMAT,
         "model": asdict(model.config),
         "compile": {"batch_size": c.batch_size, "tp_degree": tp, "n_positions": list(c.n_positions),
-                    "encoder_buckets": list(c.encoder_buckets), "amp": c.amp, "max_top_k": c.max_top_k},
+                    "encoder_buckets": list(c.encoder_buckets), "amp": c.amp, "max_top_k": c.max_top_k,
+                    "quantization": asdict(c.quantization) if c.quantization is not None else None},
         "notes": "Shapes are per rank: compile each program for tp_degree replicas (num_replicas / --tp), feed rank r "
                  f"its own shard of each weight and the s32 number r as {hlo.RANK_PARAM!r}.",
         "neuron_check": "clean" if result.clean else "violations",
