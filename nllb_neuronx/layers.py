@@ -142,7 +142,7 @@ def out_proj(ctx: hlo.Value, w: Weights, prefix: str, par: "Parallel") -> hlo.Va
 def feed_forward(x: hlo.Value, w: Weights, prefix: str, par: "Parallel") -> hlo.Value:
     """fc2(relu(fc1(x))): fc1 column-parallel, fc2 row-parallel + all-reduce + bias."""
     h = nn.relu(linear(x, w, f"{prefix}.fc1", par))                                          # [B, P, F_local]
-    y = all_reduce(linear(h, w, f"{prefix}.fc2", par, row_parallel=True), par.tp)                   # [B, P, H]
+    y = all_reduce(linear(h, w, f"{prefix}.fc2", par, row_parallel=True), par.tp)            # [B, P, H]
     return y + hlo.broadcast_in_dim(hlo.convert(w(f"{prefix}.fc2.bias"), y.dtype), y.dims, [2])
 
 
