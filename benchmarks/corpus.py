@@ -9,7 +9,8 @@ embedded exactly into the shape's layers, FFN and vocabulary (shapes.make_toy_ch
 to the random benchmark weights), so it stops where the trained model stops and a decode step reads every weight of
 the real shape. The corpus (`--lines`) has source lengths from 3 to `--max-tokens` tokens, log-normal around
 `--median-tokens`, target/source length ratios varying line to line. Engines: nllb_neuronx (the continuous-batching
-SlotEngine), nllb_neuronx-lockstep (sample() on length-sorted batches), ct2-float32 / ct2-int8 (translate_iterable,
+SlotEngine), nllb_neuronx-int8 (the same with int8 weights; its records hold its greedy agreement with nllb_neuronx's
+f32 output: token_agreement_f32, identical_to_f32 / compared_to_f32), nllb_neuronx-lockstep (sample() on length-sorted batches), ct2-float32 / ct2-int8 (translate_iterable,
 CT2's own length sorting), hf (generate() on length-sorted batches; `--hf-lines` for a subset). Same batch size,
 threads and max_new_tokens for all; each engine and batch size in its own worker process (as generate.py).
 """
@@ -204,8 +205,32 @@ def target_lines(records: list[dict]) -> list[str]:
     return out
 
 
+def compare_to_f32(records: list[dict], reference: str = "nllb_neuronx") -> None:
+    """For the int8 engine (nllb_neuronx-int8), against the f32 SlotEngine (`reference`) at the same batch size:
+    token_agreement_f32, the share of the f32 engine's generated ids (up to its EOS) that the int8 engine generated
+    at the same position of the same line, and identical_to_f32 lines (ids and stopping) over compared_to_f32."""
+    for r in records:
+        ref = next((f for f in records if f["engine"] == reference and f["batch_size"] == r["batch_size"]
+                    and f.get("status") == "ok"), None)
+        if r["engine"] != "nllb_neuronx-int8" or ref is None or r.get("status") != "ok":
+            continue
+        ours = dict(zip(r["indices"], r["outputs"]))
+        shared = [(ours[i], o) for i, o in zip(ref["indices"], ref["outputs"]) if i in ours]
+        same = sum(sum(a == b for a, b in zip(mine["ids"], theirs["ids"])) for mine, theirs in shared)
+        total = sum(len(theirs["ids"]) for _, theirs in shared)
+        r.update(token_agreement_f32=same / max(1, total),
+                 identical_to_f32=sum(m["ids"] == t["ids"] and m["stopped"] == t["stopped"] for m, t in shared),
+                 compared_to_f32=len(shared))
+
+
 def _num(value, digits: int = 1) -> str:
     return "–" if value is None else f"{value:,.{digits}f}"
+
+
+def _f32_agreement(r: dict) -> str:
+    if r.get("compared_to_f32") is None:
+        return "–"
+    return f"{r['token_agreement_f32']:.4f}, {r['identical_to_f32']} / {r['compared_to_f32']}"
 
 
 def markdown_table(records: list[dict], meta: dict) -> str:
@@ -215,18 +240,18 @@ def markdown_table(records: list[dict], meta: dict) -> str:
              f"max_new_tokens {meta['max_new_tokens']}, {meta['threads']} threads; machine: {meta['machine']['cpu']}, "
              f"{meta['machine']['cores']} cores.", "",
              "| engine | batch | lines | lines/s | tokens/s | slot occupancy | latency p50 s | latency p90 s | "
-             "identical to HF | stopped on EOS | compile s | peak RSS MB |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "identical to HF | stopped on EOS | compile s | peak RSS MB | int8 vs f32: tokens, lines |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in records:
         if r.get("status") != "ok":
             lines.append(f"| {r['engine']} | {r['batch_size']} | {r.get('status')}: {r.get('note', '')} |"
-                         + " – |" * 9)
+                         + " – |" * 10)
             continue
         same = "–" if r.get("compared_to_hf") is None else f"{r['identical_to_hf']} / {r['compared_to_hf']}"
         lines.append(f"| {r['engine']} | {r['batch_size']} | {r['lines']} | {_num(r['lines_per_s'], 2)} | "
                      f"{_num(r['tokens_per_s'])} | {_num(r.get('slot_occupancy'), 3)} | {_num(r['latency_p50_s'])} | "
                      f"{_num(r['latency_p90_s'])} | {same} | {r['stopped_on_eos']} / {r['lines']} | "
-                     f"{_num(r.get('compile_s'))} | {_num(r.get('peak_rss_mb'), 0)} |")
+                     f"{_num(r.get('compile_s'))} | {_num(r.get('peak_rss_mb'), 0)} | {_f32_agreement(r)} |")
     return "\n".join(lines)
 
 
@@ -302,6 +327,7 @@ def main(argv=None) -> int:
                     record.setdefault(key, None)
                 records.append(record)
     compare_to_hf(records)
+    compare_to_f32(records)
     host, versions = machine.machine(), machine.versions()
     meta = {"shape": args.shape, "lines": args.lines, "max_new_tokens": args.max_new_tokens, "threads": args.threads,
             "source_tokens_min": min(lengths), "source_tokens_max": max(lengths),

@@ -73,26 +73,28 @@ class CorpusRun:
                 "latency_p50_s": float(np.percentile(latency, 50)), "latency_p90_s": float(np.percentile(latency, 90))}
 
 
-def load_nllb_neuronx(run: CorpusRun):
+def load_nllb_neuronx(run: CorpusRun, quantization: str | None = None):
     from nllb_neuronx import NLLBForSampling
 
     job = run.job
     t = time.perf_counter()
     model = NLLBForSampling.from_pretrained(job["checkpoint"], batch_size=run.batch_size, tp_degree=job["tp"],
                                             n_positions=job["n_positions"], encoder_buckets=job["encoder_buckets"],
-                                            backend=job["backend"], compiled_dir=job.get("compiled_dir")).to_neuron()
+                                            backend=job["backend"], compiled_dir=job.get("compiled_dir"),
+                                            quantization=quantization).to_neuron()
     return model, time.perf_counter() - t
 
 
-def run_slot_engine(job: dict, log) -> dict:
-    """nllb_neuronx's continuous-batching engine: every request queued at once, results in input order."""
+def run_slot_engine(job: dict, log, quantization: str | None = None) -> dict:
+    """nllb_neuronx's continuous-batching engine: every request queued at once, results in input order.
+    `quantization` "s8": the nllb_neuronx-int8 engine (int8 weights: every linear and the LM head)."""
     try:
         from nllb_neuronx.engine import GenerationRequest, SlotEngine
     except ImportError as e:
         raise RuntimeError(f"engine not available: nllb_neuronx.engine.SlotEngine cannot be imported ({e})") from e
 
     run = CorpusRun(job, log)
-    model, load_s = load_nllb_neuronx(run)
+    model, load_s = load_nllb_neuronx(run, quantization)
     t = time.perf_counter()
     compiled = model.compile_all(heads=("greedy",))      # every greedy program, the slot engine's included
     compile_s = time.perf_counter() - t
@@ -120,7 +122,8 @@ def run_slot_engine(job: dict, log) -> dict:
     occupancy = (last.useful_slot_steps - first.useful_slot_steps) / max(1, last.slot_steps - first.slot_steps)
     spent = {k: getattr(last, k) - getattr(first, k) for k in ("encoder_calls", "encoder_seconds", "steps",
                                                                 "step_seconds")}
-    return {**result, "load_s": load_s, "compile_s": compile_s, "backend": model.runtime.backend, "amp": "f32",
+    amp = "f32" if quantization is None else "s8 weights (linears + LM head), f32 activations"
+    return {**result, "load_s": load_s, "compile_s": compile_s, "backend": model.runtime.backend, "amp": amp,
             "slot_occupancy": occupancy, "programs_compiled": model.runtime.compile_count - compiles,
             "admit_batch": engine.admit_batch, **spent,
             "timing": "SlotEngine.generate over every line at once; latency = when the line came out of the "
@@ -224,12 +227,14 @@ def run_ct2(job: dict, log, compute_type: str) -> dict:
                       "latency = when the line came out of the iterator (input order)"}
 
 
-ENGINES = ("nllb_neuronx", "nllb_neuronx-lockstep", "ct2-float32", "ct2-int8", "hf")
+ENGINES = ("nllb_neuronx", "nllb_neuronx-int8", "nllb_neuronx-lockstep", "ct2-float32", "ct2-int8", "hf")
 
 
 def run_engine(engine: str, job: dict, log) -> dict:
     if engine == "nllb_neuronx":
         return run_slot_engine(job, log)
+    if engine == "nllb_neuronx-int8":
+        return run_slot_engine(job, log, quantization="s8")
     if engine == "nllb_neuronx-lockstep":
         return run_lockstep(job, log)
     if engine == "hf":

@@ -35,19 +35,24 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=30, help="rounds of the --unroll comparison")
     parser.add_argument("--bucket", type=int, default=64, help="target bucket of the --unroll comparison")
     parser.add_argument("--json", default=None)
+    parser.add_argument("--quantize", default=None, choices=["s8", "s8-no-lm-head"],
+                        help="int8 weights: every linear and the LM head (s8), or the linears only")
     args = parser.parse_args(argv)
 
-    from nllb_neuronx import NLLBForSampling
+    from nllb_neuronx import NLLBForSampling, QuantizationConfig
 
     path = args.model or str(Path.home() / ".cache" / "nllb_neuronx" / "bench" / args.shape)
     positions = args.bucket if args.unroll else args.steps + 8
     model = NLLBForSampling.from_pretrained(path, batch_size=args.batch_size, tp_degree=args.tp,
-                                            n_positions=[positions], encoder_buckets=[args.src_len]).to_neuron()
+                                            n_positions=[positions], encoder_buckets=[args.src_len],
+                                            quantization=args.quantize and QuantizationConfig(
+                                                quantize_lm_head=args.quantize == "s8")).to_neuron()
     rng = np.random.default_rng(0)
     ids = rng.integers(4, model.config.vocab_size, (args.batch_size, args.src_len))
     ids[:, -1] = model.config.eos_token_id
     record = {"shape": args.shape, "batch_size": args.batch_size, "tp_degree": args.tp,
-              "xla_flags": os.environ.get("XLA_FLAGS", ""), "load_average": os.getloadavg()[0]}
+              "xla_flags": os.environ.get("XLA_FLAGS", ""), "load_average": os.getloadavg()[0],
+              "quantize": args.quantize}
     if args.unroll:
         record.update(compare_unroll(model, ids, [int(n) for n in args.unroll.split(",")], args.rounds, args.bucket))
     else:

@@ -8,7 +8,7 @@ each single-token decode step, and the end-to-end time; `summarize` turns repeat
 How each engine is timed (the record's `timing` field). In all three the per-token figures cover the same N - 2
 single-token steps: the step that consumes the forced language token (a 2-token prefix call in nllb_neuronx) is
 left out and reported as `first_step_ms`.
-- nllb_neuronx, greedy: a manual loop over the model's own programs: `encode()` (waited for), then
+- nllb_neuronx (and nllb_neuronx-int8: the same with int8 weights, `quantization="s8"`), greedy: a manual loop over the model's own programs: `encode()` (waited for), then
   `next_tokens(tokens)` per step, each step timed until its token id is on the host. Its encoder_ms includes the
   cross-attention K/V projections of every decoder layer, which HF and CT2 compute in their first decoder step instead.
 - nllb_neuronx, beams > 1: the slot engine with the device beam head (`engine_beams.py`; compiled for rows x beams
@@ -125,8 +125,9 @@ GENERATE_TIMING = ("LogitsProcessor timestamps per step inside generate(); per-t
 
 
 # ---------------------------------------------------------------------------------------------- nllb_neuronx
-def run_nllb_neuronx(job: dict, log) -> dict:
-    """Greedy: a manual loop over the model's programs. Beams: the slot engine's device beam head."""
+def run_nllb_neuronx(job: dict, log, quantization: str | None = None) -> dict:
+    """Greedy: a manual loop over the model's programs. Beams: the slot engine's device beam head. `quantization`
+    "s8": the `nllb_neuronx-int8` engine (int8 weights, `QuantizationConfig`: every linear and the LM head)."""
     import atexit
     import shutil
     import tempfile
@@ -148,7 +149,8 @@ def run_nllb_neuronx(job: dict, log) -> dict:
     t = time.perf_counter()
     model = NLLBForSampling.from_pretrained(job["checkpoint"], batch_size=bench.rows * beams, tp_degree=job["tp"],
                                             n_positions=[job["n_positions"]], encoder_buckets=[job["encoder_bucket"]],
-                                            amp=job["amp"], backend=job["backend"], **store).to_neuron()
+                                            amp=job["amp"], backend=job["backend"], quantization=quantization,
+                                            **store).to_neuron()
     load_s = time.perf_counter() - t
     log(f"loaded and uploaded weights in {load_s:.1f} s ({model.runtime.backend}, tp {job['tp']})")
 
@@ -214,7 +216,8 @@ def run_nllb_neuronx(job: dict, log) -> dict:
         reference = model.sample(ids, mask, max_new_tokens=bench.new_tokens, forced_bos_token_id=lang,
                                  eos_token_id=cfg["vocab_size"] + 1)
         matches_loop = bool((reference[0, 1:] == figures["output_ids"]).all())
-    return {**figures, "backend": model.runtime.backend, "amp": job["amp"], "load_s": load_s,
+    amp = job["amp"] if quantization is None else f"s8 weights (linears + LM head), {job['amp']} activations"
+    return {**figures, "backend": model.runtime.backend, "amp": amp, "load_s": load_s,
             "compile_s": compile_s, "compile_cached_s": compile_cached_s, "programs_compiled": compiles,
             "programs_loaded": programs_loaded,
             "compile_cache_hit": cached_hit, "sample_matches_loop": matches_loop,
@@ -295,12 +298,14 @@ def run_ct2(job: dict, log, compute_type: str) -> dict:
             "compile_cached_s": None, "threads": f"ct2 intra_threads: {job['threads']}", "timing": timing}
 
 
-ENGINES = ("nllb_neuronx", "hf", "ct2-float32", "ct2-int8")
+ENGINES = ("nllb_neuronx", "nllb_neuronx-int8", "hf", "ct2-float32", "ct2-int8")
 
 
 def run_engine(engine: str, job: dict, log) -> dict:
     if engine == "nllb_neuronx":
         return run_nllb_neuronx(job, log)
+    if engine == "nllb_neuronx-int8":
+        return run_nllb_neuronx(job, log, quantization="s8")
     if engine == "hf":
         return run_hf(job, log)
     if engine.startswith("ct2-"):

@@ -36,7 +36,7 @@ import machine  # noqa: E402
 import report  # noqa: E402
 import shapes  # noqa: E402
 
-ENGINES = ("nllb_neuronx", "hf", "ct2-float32", "ct2-int8")
+ENGINES = ("nllb_neuronx", "nllb_neuronx-int8", "hf", "ct2-float32", "ct2-int8")
 LOG_MARK = "@@ "
 
 
@@ -244,14 +244,15 @@ def main(argv=None) -> int:
                 "beams": args.beams, "tp": args.tp, "amp": args.amp, "backend": args.backend, "threads": args.threads,
                 "repeats": args.repeats, "warmup": args.warmup, "lang_id": lang_id,
                 "n_positions": args.new_tokens, "encoder_bucket": args.src_len}
-    precisions = {"nllb_neuronx": args.amp, "hf": args.amp, "ct2-float32": "float32", "ct2-int8": "int8"}
+    precisions = {"nllb_neuronx": args.amp, "nllb_neuronx-int8": "int8", "hf": args.amp, "ct2-float32": "float32",
+                  "ct2-int8": "int8"}   # the floor's bytes per weight (nllb_neuronx-int8: every weight read is s8)
     versions, host = machine.versions(), machine.machine()
 
     records = []
     for batch, engine in settings:
         record = {"engine": engine, "backend": None, "shape": shape, "batch_size": batch, "num_beams": args.beams,
                   "src_len": args.src_len, "new_tokens": args.new_tokens,
-                  "tp_degree": args.tp if engine == "nllb_neuronx" else 1, "amp": precisions[engine]}
+                  "tp_degree": args.tp if engine.startswith("nllb_neuronx") else 1, "amp": precisions[engine]}
         if skips.get(engine):
             runner.bar.update(1)
             result = {"status": "skipped", "note": skips[engine]}

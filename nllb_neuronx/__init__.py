@@ -1,6 +1,6 @@
 """nllb_neuronx: Meta's NLLB-200 / M2M100 as tensor-parallel, KV-cached HLO programs (Neuron, XLA CPU/GPU)."""
 
-from nllb_neuronx.config import CompileConfig, ModelConfig
+from nllb_neuronx.config import CompileConfig, ModelConfig, QuantizationConfig
 from nllb_neuronx.model import NLLBForSampling
 from nllb_neuronx.program_key import ProgramKey, Sampling
 
@@ -16,5 +16,5 @@ def __getattr__(name):  # these import transformers' generation and tokenizer st
 
 
 __all__ = ["CompileConfig", "HuggingFaceGenerationModelAdapter", "ModelConfig", "NLLBForSampling", "ProgramKey",
-           "Sampling", "Translator"]
+           "QuantizationConfig", "Sampling", "Translator"]
 __version__ = "0.1.0"

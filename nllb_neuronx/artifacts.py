@@ -33,7 +33,8 @@ def manifest(model) -> dict:
         "format": FORMAT,
         "model": asdict(model.config),
         "compile": {"batch_size": c.batch_size, "tp_degree": c.tp_degree, "n_positions": list(c.n_positions),
-                    "encoder_buckets": list(c.encoder_buckets), "amp": c.amp},
+                    "encoder_buckets": list(c.encoder_buckets), "amp": c.amp,
+                    "quantization": asdict(c.quantization) if c.quantization is not None else None},
         "backend": model.runtime.backend if model.runtime is not None else c.backend,
         "versions": {"nllb_neuronx": __version__, **(model.runtime.versions() if model.runtime is not None else {})},
     }

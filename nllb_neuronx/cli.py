@@ -36,6 +36,8 @@ def _program_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--amp", default="f32", choices=["f32", "bf16", "f16"])
     parser.add_argument("--n-positions", default="64,128,256", help="decoder buckets, comma-separated")
     parser.add_argument("--encoder-buckets", default="32,64,128,256", help="source buckets, comma-separated")
+    parser.add_argument("--quantize", default=None, choices=["s8"],
+                        help="int8 weights with per-output-channel scales (QuantizationConfig; default: the amp dtype)")
 
 
 def _shape_options(parser: argparse.ArgumentParser) -> None:
@@ -55,7 +57,7 @@ def _model_kwargs(args) -> dict:
     return dict(batch_size=args.batch_size, tp_degree=args.tp, amp=args.amp, backend=args.backend,
                 n_positions=_ints(args.n_positions, "--n-positions"),
                 encoder_buckets=_ints(args.encoder_buckets, "--encoder-buckets"),
-                compiled_dir=args.compiled_dir)
+                compiled_dir=args.compiled_dir, quantization=args.quantize)
 
 
 def _lines(stream) -> Iterator[tuple[int, str]]:
@@ -194,10 +196,11 @@ def _export_hlo(args) -> int:
     from nllb_neuronx import NLLBForSampling
     from nllb_neuronx.export import MANIFEST, export_hlo
 
-    model = NLLBForSampling.from_pretrained(
+    model = NLLBForSampling.from_pretrained(   # built for neuron: int8 linears in transformers-neuronx's form
         args.model, batch_size=args.batch_size, tp_degree=args.tp, amp=args.amp, max_top_k=args.max_top_k,
         n_positions=_ints(args.n_positions, "--n-positions"), encoder_buckets=_ints(args.encoder_buckets,
-                                                                                     "--encoder-buckets"))
+                                                                                     "--encoder-buckets"),
+        quantization=args.quantize, backend="neuron")
     result = export_hlo(model, args.out)
     print(f"wrote {len(result.programs)} programs (.hlo.pb, .hlo.txt) and {MANIFEST} into {args.out}")
     if not result.clean:

@@ -71,6 +71,42 @@ class ModelConfig:
         return cls(**{n: c[n] for n in names if n in c and c[n] is not None})
 
 
+QUANT_DTYPES = ("s8",)
+
+
+@dataclass(frozen=True)
+class QuantizationConfig:
+    """int8 weight storage as transformers-neuronx offers it (`QuantizationConfig(quant_dtype="s8",
+    dequant_dtype=...)`): each linear's weight stored s8 with one f32 scale per output channel (symmetric absmax,
+    made on the host at load time, `quantize.py`), dequantized in the program. `dequant_dtype` must be the amp dtype
+    (transformers-neuronx: "amp type must match dequant type"); None takes the amp. `quantize_lm_head`: the shared
+    embedding / LM head too (transformers-neuronx leaves it in the amp dtype; on XLA CPU it is about 60% of the bytes a
+    decode step reads, and int8 measured faster: benchmarks/RESULTS.md, "int8 weights")."""
+
+    quant_dtype: str = "s8"
+    dequant_dtype: str | None = None
+    quantize_lm_head: bool = True
+
+    def __post_init__(self):
+        if self.quant_dtype not in QUANT_DTYPES:
+            raise ValueError(f"quant_dtype must be one of {QUANT_DTYPES}, got {self.quant_dtype!r} "
+                             "(transformers-neuronx's f8e4m3fn is not supported here)")
+        if self.dequant_dtype is not None and self.dequant_dtype not in AMP_DTYPES:
+            raise ValueError(f"dequant_dtype must be one of {AMP_DTYPES} (or None: the amp), "
+                             f"got {self.dequant_dtype!r}")
+        if not isinstance(self.quantize_lm_head, bool):
+            raise ValueError(f"quantize_lm_head must be True or False, got {self.quantize_lm_head!r}")
+
+    @classmethod
+    def of(cls, value) -> "QuantizationConfig | None":
+        """None, a QuantizationConfig, or its quant_dtype alone ("s8")."""
+        if value is None or isinstance(value, cls):
+            return value
+        if isinstance(value, str):
+            return cls(quant_dtype=value)
+        raise ValueError(f"quantization must be None, a QuantizationConfig or one of {QUANT_DTYPES}, got {value!r}")
+
+
 def _buckets(name: str, values) -> tuple[int, ...]:
     values = tuple(sorted({int(v) for v in values}))
     if not values or values[0] < 1:
@@ -91,6 +127,7 @@ class CompileConfig:
     compiled_dir: str | None = None                 # compiled artifacts to load from and store into
     max_top_k: int = 256                            # sampling draws among this many most likely tokens (NxDI's 256)
     decode_unroll: int = 1                          # greedy steps per decoder call in sample() (1: one per call)
+    quantization: QuantizationConfig | None = None  # int8 weights (None: every weight in the amp dtype)
 
     def __post_init__(self):
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
@@ -104,6 +141,12 @@ class CompileConfig:
                              f"decoder call; 1: one per call), got {self.decode_unroll!r}")
         if self.amp not in AMP_DTYPES:
             raise ValueError(f"amp must be one of {AMP_DTYPES}, got {self.amp!r}")
+        quantization = QuantizationConfig.of(self.quantization)
+        if quantization is not None and quantization.dequant_dtype not in (None, self.amp):
+            raise ValueError(f"quantization dequant_dtype {quantization.dequant_dtype!r} must match amp {self.amp!r} "
+                             f"(as transformers-neuronx requires): pass dequant_dtype={self.amp!r} or "
+                             f"amp={quantization.dequant_dtype!r}")
+        object.__setattr__(self, "quantization", quantization)
         object.__setattr__(self, "n_positions", _buckets("n_positions", self.n_positions))
         object.__setattr__(self, "encoder_buckets", _buckets("encoder_buckets", self.encoder_buckets))
         backend = self.backend or os.environ.get("NLLB_NEURONX_BACKEND") or None

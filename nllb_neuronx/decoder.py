@@ -66,7 +66,7 @@ def build_decoder(shapes: ProgramShapes, new_tokens: int, bucket: int, source_le
         row_start = hlo.broadcast_in_dim(start, [b, p_len], [0])                                 # [B, P]
         position_ids = layers.positions(ids, nn.cumsum(not_pad, 1) + row_start, m.pad_token_id)  # [B, P]
         columns = [1, 0]                                                                         # to [P, B]
-        h = layers.embed_tokens(hlo.transpose(ids, columns), w("shared.weight"), shapes.embed_scale, par.tp)
+        h = layers.embed(hlo.transpose(ids, columns), w, shapes.embed_scale, par.tp, shapes.dtype)
         h = h + hlo.convert(hlo.take(p.positions, hlo.transpose(position_ids, columns)), h.dtype)  # [P, B, H]
         h = hlo.reshape(hlo.transpose(h, [2, 0, 1]), [m.d_model, p_len * b])                     # [H, P*B]
 
@@ -77,7 +77,7 @@ def build_decoder(shapes: ProgramShapes, new_tokens: int, bucket: int, source_le
                                                     start, bucket, par)
         last = hlo.slice_in_dim(h, (p_len - 1) * b, p_len * b, 1)                                # [H, B]
         last = layers.layer_norm(last, w, "decoder.layer_norm", axis=0)
-        return hlo.dot_general(w("shared.weight"), last, ([1], [0]), preferred_element_type=f32), caches  # [V_l, B]
+        return layers.lm_head(last, w, par), caches                                              # [V_local, B] f32
 
     def decoder(p: hlo.Params) -> dict[str, hlo.Value]:
         source_mask = hlo.slice_in_dim(p.encoder_attention_mask, 0, source_len, 1)              # [B, S]

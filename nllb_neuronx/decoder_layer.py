@@ -1,7 +1,8 @@
 """One cached M2M100/NLLB decoder layer, features first: the layout in which a decode step reads each weight fast.
 
 Activations are [H, C]: features first, one column per new token, columns ordered (p, b) (C = P*B). Every linear is
-W[out, in] @ x[in, C] -> [out, C] (`nn.linear_columns`). At batch 8, XLA CPU runs that dot about 3x faster than
+W[out, in] @ x[in, C] -> [out, C] (`layers.linear_columns`: `nn.linear_columns`, or an int8 form). At batch 8, XLA
+CPU runs that dot about 3x faster than
 x @ W.T (the 256k-row LM head 64-71 vs 190-205 ms, fc1 0.8-1.2 vs 3.2-4.1 ms; batch 1 about even; see
 benchmarks/RESULTS.md): its kernel packs only the small operand. XLA folds a transpose of a dot's result back into
 x @ W.T, so the decoder keeps this layout end to end and never transposes a projection's output.
@@ -16,12 +17,13 @@ from __future__ import annotations
 
 import hlo
 from hlo import nn
-from nllb_neuronx.layers import Parallel, Weights, all_reduce, attention, layer_norm
+from nllb_neuronx.layers import Parallel, Weights, all_reduce, attention, layer_norm, linear_columns
 
 
-def project_heads(x: hlo.Value, w: Weights, name: str, n_local: int, p_len: int, scale: float = 1.0) -> hlo.Value:
+def project_heads(x: hlo.Value, w: Weights, name: str, par: Parallel, p_len: int, scale: float = 1.0) -> hlo.Value:
     """A column-parallel projection (q_proj, k_proj or v_proj) of x [H, P*B] -> [B, N_local, P, D]."""
-    y = nn.linear_columns(x, w(f"{name}.weight"), w(f"{name}.bias"))                         # [N_local*D, P*B]
+    n_local = par.heads_local
+    y = linear_columns(x, w, name, par)                                                       # [N_local*D, P*B]
     if scale != 1.0:
         y = y * scale
     nd, c = y.dims
@@ -29,9 +31,9 @@ def project_heads(x: hlo.Value, w: Weights, name: str, n_local: int, p_len: int,
     return hlo.transpose(y, [3, 0, 2, 1])
 
 
-def row_parallel(x: hlo.Value, w: Weights, name: str, tp: int) -> hlo.Value:
+def row_parallel(x: hlo.Value, w: Weights, name: str, par: Parallel) -> hlo.Value:
     """A row-parallel linear (out_proj, fc2) [in_local, C] -> [H, C]: all-reduced, then its bias added once."""
-    y = all_reduce(nn.linear_columns(x, w(f"{name}.weight")), tp)                             # [H, C]
+    y = all_reduce(linear_columns(x, w, name, par, row_parallel=True), par.tp)                       # [H, C]
     return y + hlo.broadcast_in_dim(hlo.convert(w(f"{name}.bias"), y.dtype), y.dims, [0])
 
 
@@ -74,19 +76,19 @@ def decoder_layer(h, self_mask, cross_mask, caches, cross, w: Weights, layer: in
     cache_k, cache_v = caches
     x = layer_norm(h, w, f"{prefix}.self_attn_layer_norm", axis=0)
     attn = f"{prefix}.self_attn"
-    q = project_heads(x, w, f"{attn}.q_proj", n, p_len, scale)                                # [B, N, P, D]
-    cache_k = write_cache(cache_k, project_heads(x, w, f"{attn}.k_proj", n, p_len), layer, start)
-    cache_v = write_cache(cache_v, project_heads(x, w, f"{attn}.v_proj", n, p_len), layer, start)
+    q = project_heads(x, w, f"{attn}.q_proj", par, p_len, scale)                              # [B, N, P, D]
+    cache_k = write_cache(cache_k, project_heads(x, w, f"{attn}.k_proj", par, p_len), layer, start)
+    cache_v = write_cache(cache_v, project_heads(x, w, f"{attn}.v_proj", par, p_len), layer, start)
     keys, values = layer_slice(cache_k, layer, bucket), layer_slice(cache_v, layer, bucket)      # [B, N, T, D]
-    h = h + row_parallel(attend(q, keys, values, self_mask), w, f"{attn}.out_proj", par.tp)
+    h = h + row_parallel(attend(q, keys, values, self_mask), w, f"{attn}.out_proj", par)
 
     x = layer_norm(h, w, f"{prefix}.encoder_attn_layer_norm", axis=0)
     attn = f"{prefix}.encoder_attn"
-    q = project_heads(x, w, f"{attn}.q_proj", n, p_len, scale)
+    q = project_heads(x, w, f"{attn}.q_proj", par, p_len, scale)
     source_len = cross_mask.dims[2]
     keys, values = layer_slice(cross[0], layer, source_len), layer_slice(cross[1], layer, source_len)
-    h = h + row_parallel(attend(q, keys, values, cross_mask), w, f"{attn}.out_proj", par.tp)
+    h = h + row_parallel(attend(q, keys, values, cross_mask), w, f"{attn}.out_proj", par)
 
     x = layer_norm(h, w, f"{prefix}.final_layer_norm", axis=0)
-    ffn = nn.relu(nn.linear_columns(x, w(f"{prefix}.fc1.weight"), w(f"{prefix}.fc1.bias")))   # [F_local, P*B]
-    return h + row_parallel(ffn, w, f"{prefix}.fc2", par.tp), (cache_k, cache_v)
+    ffn = nn.relu(linear_columns(x, w, f"{prefix}.fc1", par))                                 # [F_local, P*B]
+    return h + row_parallel(ffn, w, f"{prefix}.fc2", par), (cache_k, cache_v)

@@ -1,6 +1,7 @@
 """A model's weights on the device: the checkpoint's tensors, read one at a time, checked against config.json, cast
-to the amp dtype, sharded per rank (`sharding.py`) and uploaded; plus the sinusoidal positions table. Programs take
-them as parameters by name (`DeviceWeights` is that mapping), never as constants.
+to the amp dtype (or quantized to int8 with their scales, `quantize.py`), sharded per rank (`sharding.py`) and
+uploaded; plus the sinusoidal positions table. Programs take them as parameters by name (`DeviceWeights` is that
+mapping), never as constants.
 
     check_complete(checkpoint, config)                         # before any device work: names what is missing
     weights = DeviceWeights.upload(runtime, checkpoint, shapes)
@@ -16,7 +17,7 @@ import numpy as np
 
 from hlo.runtime import DeviceTensor, PerRank
 
-from nllb_neuronx import sharding
+from nllb_neuronx import quantize, sharding
 from nllb_neuronx.config import ModelConfig
 from nllb_neuronx.program_spec import ProgramShapes
 
@@ -49,7 +50,13 @@ class DeviceWeights(Mapping[str, DeviceTensor]):
             if tensor.shape != expected:
                 raise ValueError(f"checkpoint tensor {spec.name} has shape {list(tensor.shape)}, "
                                  f"config.json implies {list(expected)}")
-            parts = [p.astype(dtype, copy=False) for p in sharding.shard(spec, tensor, layout)]
+            if quantize.is_quantized(spec, shapes.compile.quantization):  # s8 and its scales, made before sharding
+                tensor, scale = quantize.quantize_rows(tensor)
+                scales = sharding.shard(quantize.scale_spec(spec), scale, layout)
+                tensors[quantize.scale_name(spec.name)] = runtime.put(PerRank(scales))
+                parts = sharding.shard(spec, tensor, layout)
+            else:
+                parts = [p.astype(dtype, copy=False) for p in sharding.shard(spec, tensor, layout)]
             tensors[spec.name] = runtime.put(PerRank(parts))
             del tensor, parts
         tensors[POSITIONS] = runtime.put(sinusoidal_positions(shapes.position_rows, config.d_model,

@@ -30,7 +30,7 @@ def encode(p: hlo.Params, shapes: ProgramShapes, ids: hlo.Value, attention_mask:
     w = p.__getitem__
     not_pad = hlo.convert(hlo.compare(ids, m.pad_token_id, "NE"), s32)
     position_ids = layers.positions(ids, nn.cumsum(not_pad, 1), m.pad_token_id)               # [B, S]
-    h = layers.embed_tokens(ids, w("shared.weight"), shapes.embed_scale, par.tp)               # [B, S, H]
+    h = layers.embed(ids, w, shapes.embed_scale, par.tp, shapes.dtype)                         # [B, S, H]
     h = h + hlo.convert(hlo.take(p.positions, position_ids), h.dtype)
     keep = hlo.compare(attention_mask, 0, "NE")                                                # [B, S]
     mask = layers.additive_mask(hlo.broadcast_in_dim(keep, [b, source_len, source_len], [0, 2]))  # [B, S, S]
@@ -39,7 +39,7 @@ def encode(p: hlo.Params, shapes: ProgramShapes, ids: hlo.Value, attention_mask:
     h = layers.layer_norm(h, w, "encoder.layer_norm")                                           # [B, S, H]
     cross = []
     for kv in "kv":
-        per_layer = [layers.project_heads(h, w, f"decoder.layers.{i}.encoder_attn.{kv}_proj", par.heads_local)
+        per_layer = [layers.project_heads(h, w, f"decoder.layers.{i}.encoder_attn.{kv}_proj", par)
                      for i in range(m.decoder_layers)]                                          # L x [B, N, S, D]
         cross.append(hlo.concatenate([hlo.reshape(x, [1, *x.dims]) for x in per_layer], 0))     # [L, B, N, S, D]
     return h, cross[0], cross[1]

@@ -20,7 +20,7 @@ import hlo
 from hlo.runtime import xla_hlo_text
 from hlo.targets import neuron
 
-from nllb_neuronx import sharding
+from nllb_neuronx import quantize, sharding
 from nllb_neuronx.device_weights import POSITIONS  # the sinusoidal positions table, uploaded with the weights
 
 MANIFEST = "manifest.json"
@@ -48,7 +48,9 @@ def export_hlo(model, directory) -> Export:
     files into `directory` (created if missing; files of the same names are replaced)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    weights = {spec.name for spec in sharding.all_weights(model.config)} | {POSITIONS}
+    specs, quantization = sharding.all_weights(model.config), model.compile_config.quantization
+    weights = {spec.name for spec in specs} | {POSITIONS} | \
+        {quantize.scale_name(spec.name) for spec in specs if quantize.is_quantized(spec, quantization)}  # int8 scales
     tp = model.compile_config.tp_degree
     result, entries = Export(directory), []
     for key, build in model.program_builders().items():
@@ -66,7 +68,8 @@ def export_hlo(model, directory) -> Export:
         "format": FORMAT,
         "model": asdict(model.config),
         "compile": {"batch_size": c.batch_size, "tp_degree": tp, "n_positions": list(c.n_positions),
-                    "encoder_buckets": list(c.encoder_buckets), "amp": c.amp, "max_top_k": c.max_top_k},
+                    "encoder_buckets": list(c.encoder_buckets), "amp": c.amp, "max_top_k": c.max_top_k,
+                    "quantization": asdict(c.quantization) if c.quantization is not None else None},
         "notes": "Shapes are per rank: compile each program for tp_degree replicas (num_replicas / --tp), feed rank r "
                  f"its own shard of each weight and the s32 number r as {hlo.RANK_PARAM!r}.",
         "neuron_check": "clean" if result.clean else "violations",

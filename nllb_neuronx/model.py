@@ -25,7 +25,7 @@ import hlo.runtime
 
 from nllb_neuronx import artifacts, sampling_loop
 from nllb_neuronx.backend import select_backend
-from nllb_neuronx.config import CompileConfig, ModelConfig
+from nllb_neuronx.config import CompileConfig, ModelConfig, QuantizationConfig
 from nllb_neuronx.decode_state import DecodeState
 from nllb_neuronx.device_weights import DeviceWeights, check_complete, sinusoidal_positions  # noqa: F401 (re-export)
 from nllb_neuronx.generation_defaults import GenerationDefaults
@@ -77,17 +77,20 @@ class NLLBForSampling:
     def from_pretrained(cls, path, batch_size: int = 1, tp_degree: int = 1, n_positions=(64, 128, 256),
                         encoder_buckets=(32, 64, 128, 256), amp: str = "f32", backend: str | None = None,
                         compiled_dir: str | None = None, max_top_k: int = 256,
-                        decode_unroll: int = 1) -> "NLLBForSampling":
+                        decode_unroll: int = 1,
+                        quantization: QuantizationConfig | str | None = None) -> "NLLBForSampling":
         """`path`: a local HF checkpoint directory or a hub id. `compiled_dir`: compiled artifacts to load programs
         from and store new ones into (see `save`). `max_top_k`: sampling draws among this many most likely tokens.
         `decode_unroll`: greedy decode steps per decoder call in `sample()` (1, the default: one step per call;
-        benchmarks/RESULTS.md says where more pays)."""
+        benchmarks/RESULTS.md says where more pays). `quantization`: int8 weights, `QuantizationConfig(quant_dtype=
+        "s8")` or "s8" (None: the amp dtype)."""
         path = resolve_path(path)
         model = ModelConfig.from_hf(read_config(path))  # an unsupported model fails before any weight is read
         checkpoint = Checkpoint(path)
         compile_config = CompileConfig(batch_size=batch_size, tp_degree=tp_degree, n_positions=tuple(n_positions),
                                        encoder_buckets=tuple(encoder_buckets), amp=amp, backend=backend,
-                                       compiled_dir=compiled_dir, max_top_k=max_top_k, decode_unroll=decode_unroll)
+                                       compiled_dir=compiled_dir, max_top_k=max_top_k, decode_unroll=decode_unroll,
+                                       quantization=quantization)
         if compile_config.max_target_length > model.max_position_embeddings:
             log.info("n_positions %s exceed max_position_embeddings %d; positions are generated, so this works",
                      compile_config.n_positions, model.max_position_embeddings)

@@ -4,7 +4,7 @@ kind of program, each able to build its module), a program fetched (ProgramEvent
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import ClassVar
 
 import hlo
@@ -25,13 +25,15 @@ class ProgramKey:
     "slot_step", "slot_reorder"."""
 
     kind: ClassVar[str] = ""
+    quantized: bool = field(default=False, kw_only=True)  # int8 weights (the model's `CompileConfig.quantization`)
 
     def build(self, shapes: ProgramShapes) -> hlo.Module:
         raise NotImplementedError(f"{type(self).__name__} does not say how to build its program")
 
     def canonical(self, shapes: ProgramShapes) -> "ProgramKey":
-        """The key of the same program under its one listed name (a key whose program another key builds too)."""
-        return self
+        """The key of the same program under its one listed name (a key whose program another key builds too); it
+        says whether the model is quantized, whatever the caller wrote."""
+        return self if self.quantized == shapes.quantized else replace(self, quantized=shapes.quantized)
 
 
 @dataclass(frozen=True)
@@ -105,8 +107,8 @@ class SlotStepKey(ProgramKey):
         """At the largest source bucket the slot step reads all of the stored cross K/V: the lockstep decoder's
         one-token program of that bucket, the same HLO, listed once."""
         if self.source_len == shapes.max_source_length:
-            return DecoderKey(self.source_len, self.head, 1, self.target_len)
-        return self
+            return DecoderKey(self.source_len, self.head, 1, self.target_len, quantized=shapes.quantized)
+        return super().canonical(shapes)
 
 
 @dataclass(frozen=True)

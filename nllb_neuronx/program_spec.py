@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
-from hlo.types import Shape, dtype_of, f32
+from hlo.types import Shape, dtype_of, f32, s8
 
-from nllb_neuronx import sharding
+from nllb_neuronx import quantize, sharding
 from nllb_neuronx.config import CompileConfig, ModelConfig
 from nllb_neuronx.layers import Parallel
 
@@ -27,7 +28,19 @@ class ProgramShapes:
 
     @property
     def parallel(self) -> Parallel:
-        return Parallel(self.compile.tp_degree, self.layout.heads_local, self.model.head_dim)
+        return Parallel(self.compile.tp_degree, self.layout.heads_local, self.model.head_dim,
+                        quantize.form_for_backend(self.compile.backend))
+
+    @property
+    def quantized(self) -> bool:
+        return self.compile.quantization is not None
+
+    def for_backend(self, backend: str) -> "ProgramShapes":
+        """These shapes, built for `backend` (what a runtime's programs are built with: the int8 linears' HLO form
+        depends on it, `quantize.form_for_backend`)."""
+        if backend == self.compile.backend:
+            return self
+        return ProgramShapes(self.model, dataclasses.replace(self.compile, backend=backend))
 
     @property
     def dtype(self):
@@ -92,12 +105,17 @@ class ProgramShapes:
 
 
 def weight_params(names: list[str], shapes: ProgramShapes) -> list[tuple[str, Shape]]:
-    """(parameter name, per-rank shape) of each named weight, in the amp dtype."""
+    """(parameter name, per-rank shape) of each named weight, in the amp dtype; a quantized weight (`quantize.py`) is
+    s8 and followed by its f32 scales [out_local]."""
     specs = {s.name: s for s in sharding.all_weights(shapes.model)}
+    quantization = shapes.compile.quantization
     out = []
     for name in names:
         spec = specs[name]
         dims = sharding.shard_shape(spec, sharding.hf_shape(spec, shapes.model), shapes.layout)
-        out.append((name, Shape(shapes.dtype, dims)))
+        if quantize.is_quantized(spec, quantization):
+            out += [(name, s8[dims]), (quantize.scale_name(name), f32[dims[0]])]
+        else:
+            out.append((name, Shape(shapes.dtype, dims)))
     return out
 

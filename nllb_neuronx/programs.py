@@ -16,6 +16,7 @@ source bucket per target bucket, one slot reorder).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -65,7 +66,8 @@ def every_program(shapes: ProgramShapes, heads: Collection[str] | None = None) -
         else:  # the lockstep decoder programs, listed above, except the heads only the slot engine runs
             keys += [SlotStepKey(s, head, t).canonical(shapes) for t in c.n_positions for head in SLOT_HEADS
                      if head not in LOCKSTEP_HEADS]
-    return keys + [SlotReorderKey()]
+    keys.append(SlotReorderKey())
+    return [dataclasses.replace(key, quantized=True) for key in keys] if shapes.quantized else keys
 
 
 class ProgramRegistry:
@@ -75,15 +77,18 @@ class ProgramRegistry:
         self.shapes = shapes
         self.runtime = None
         self.weights: Mapping[str, object] = {}
+        self._build_shapes = shapes
         self._programs: dict[ProgramKey, Program] = {}
         self._bound_programs: dict[ProgramKey, BoundProgram] = {}    # weights bound once
         self._observers: list[Callable[[ProgramEvent], None]] = []
         self._lock = threading.Lock()
 
     def attach(self, runtime, weights: Mapping[str, object]) -> None:
-        """Run programs on `runtime`, fed with `weights` (device tensors by parameter name)."""
+        """Run programs on `runtime`, fed with `weights` (device tensors by parameter name). Programs are built for
+        the runtime's backend (`ProgramShapes.for_backend`: int8 linears take the backend's form)."""
         self.runtime, self.weights = runtime, weights
         self._bound_programs = {}
+        self._build_shapes = self.shapes.for_backend(runtime.backend)
 
     def require_runtime(self) -> None:
         if self.runtime is None:
@@ -99,7 +104,7 @@ class ProgramRegistry:
             program = self._programs.get(key)
             if program is None:
                 start = time.perf_counter()
-                program = self._programs[key] = self.runtime.compile(key.build(self.shapes))
+                program = self._programs[key] = self.runtime.compile(key.build(self._build_shapes))
                 seconds = time.perf_counter() - start
         if seconds is not None:  # outside the lock: an observer may ask the registry
             self._notify(key, seconds)
@@ -157,7 +162,7 @@ class ProgramRegistry:
 
         def fetch(key: ProgramKey):
             start = time.perf_counter()
-            return key, self.runtime.compile(key.build(self.shapes)), time.perf_counter() - start
+            return key, self.runtime.compile(key.build(self._build_shapes)), time.perf_counter() - start
 
         with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
             for key, program, seconds in pool.map(fetch, missing):

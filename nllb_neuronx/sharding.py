@@ -6,6 +6,8 @@ decoder W @ x on features-first activations, the faster form for a decode step's
 - row: out_proj and fc2, split on the input dimension; the program all-reduces after it, then adds the bias once
 - replicated: layer norms, row-parallel biases
 - vocab: the shared embedding / LM head [V, H], padded to a multiple of tp and split on V
+int8 weights (`quantize.py`) split as their float weights; their per-output-channel scales [out] as a column weight's
+bias (column), replicated (row: the output features are not split), or as the vocabulary (LM head).
 """
 
 from __future__ import annotations
@@ -121,7 +123,7 @@ def shard_shape(spec: WeightSpec, hf_shape: tuple[int, ...], layout: Layout) -> 
         return tuple(hf_shape)
     local = _split_size(spec, hf_shape, layout) // layout.tp
     if spec.kind == "vocab":
-        return (local, hf_shape[1])
+        return (local, *hf_shape[1:])                         # [V_local, H], or [V_local]: the LM head's int8 scales
     if spec.kind == "column_bias":
         return (local,)
     return (local, hf_shape[1]) if spec.kind == "column" else (hf_shape[0], local)

@@ -99,7 +99,7 @@ class Translator:
     @classmethod
     def from_pretrained(cls, path, tokenizer=None, **model_kwargs) -> "Translator":
         """Model and tokenizer from one checkpoint directory; `model_kwargs` go to `NLLBForSampling.from_pretrained`
-        (batch_size, tp_degree, n_positions, encoder_buckets, amp, backend, compiled_dir)."""
+        (batch_size, tp_degree, n_positions, encoder_buckets, amp, backend, compiled_dir, quantization)."""
         from transformers import AutoTokenizer
 
         model = NLLBForSampling.from_pretrained(path, **model_kwargs)

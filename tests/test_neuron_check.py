@@ -63,6 +63,15 @@ def test_every_program_is_clean(tiny_model, tp, amp):
     assert len(names) == 1 + 1 + 2 * 3 + 1 + 3 + 1  # encoder, reorder, decoders (P 1 and 2, 3 heads), slot programs
 
 
+@pytest.mark.parametrize("tp", [1, 2])
+def test_every_int8_program_is_clean(tiny_checkpoint, tp):
+    """int8 weights in transformers-neuronx's form (the programs a Neuron runtime builds: `backend="neuron"`)."""
+    path, _ = tiny_checkpoint
+    model = NLLBForSampling.from_pretrained(path, batch_size=2, tp_degree=tp, n_positions=[8],
+                                            encoder_buckets=[8, 16], amp="bf16", backend="neuron", quantization="s8")
+    assert len(check_every_program(model)) == 1 + 1 + 2 * 3 + 1 + 3 + 1
+
+
 NLLB_600M = ModelConfig(vocab_size=256206, d_model=1024, encoder_layers=12, decoder_layers=12,
                         encoder_attention_heads=16, decoder_attention_heads=16, encoder_ffn_dim=4096,
                         decoder_ffn_dim=4096, pad_token_id=1, eos_token_id=2, decoder_start_token_id=2)
