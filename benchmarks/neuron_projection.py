@@ -3,8 +3,8 @@
     python benchmarks/neuron_projection.py --shapes nllb-200-distilled-600M,nllb-200-1.3B,nllb-200-3.3B \\
         --tp 1,2,8 --amp f32,bf16 --cache-len 128 --src-len 128 --json benchmarks/out/neuron_projection.json
 
-For each shape x tp x amp the model's programs are exported exactly as `nllb-neuronx export-hlo` writes them (from the
-config alone: no checkpoint, no weights), then the greedy one-token decode step's `.hlo.pb` is read back and counted
+For each shape x tp x amp the greedy one-token decode step is exported exactly as `nllb-neuronx export-hlo` writes
+its programs (from the config alone: no checkpoint, no weights), then its `.hlo.pb` is read back and counted
 with `hlo.analysis` (nothing here is a formula of the architecture):
 - weight bytes read per rank: the manifest's "weight" parameters, as much of each as the step reads (the whole LM head
   and projections; only the looked-up rows of the positions table);
@@ -66,11 +66,16 @@ def model_for(shape: str, tp: int, batch: int, cache_len: int, src_len: int, amp
     return NLLBForSampling(None, config, compile_config)
 
 
+def is_decode_step(key) -> bool:
+    return key.kind == "decoder" and key.head == "greedy" and key.new_tokens == 1
+
+
 def export(shape: str, tp: int, batch: int, cache_len: int, src_len: int, amp: str, directory: Path) -> Path:
-    """Every program of the shape written as `nllb-neuronx export-hlo` writes them; returns the directory."""
+    """The greedy one-token decode step written as `nllb-neuronx export-hlo` writes every program (the .hlo.pb,
+    .hlo.txt and manifest of that one program); returns the directory."""
     from nllb_neuronx.export import export_hlo
 
-    export_hlo(model_for(shape, tp, batch, cache_len, src_len, amp), directory)
+    export_hlo(model_for(shape, tp, batch, cache_len, src_len, amp), directory, select=is_decode_step)
     return directory
 
 

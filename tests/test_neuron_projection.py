@@ -75,6 +75,8 @@ def test_collectives(projected):
 
 
 def test_from_an_existing_export(projected, capsys):
+    manifest = json.loads((Path(projected[2]["export"]) / "manifest.json").read_text())
+    assert [p["key"]["kind"] for p in manifest["programs"]] == ["decoder"]     # only the step was exported
     again = neuron_projection.main(["--from", projected[2]["export"]])
     assert again == 0
     assert "| 2 |" in capsys.readouterr().out
