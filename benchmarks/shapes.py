@@ -182,8 +182,8 @@ def convert_ct2(checkpoint: Path, quantization: str, cache_root: Path) -> dict:
                 pass
             return SyntheticTokenizer(vocab_size)
 
-    # A reduced-precision conversion of a big checkpoint loads the torch model in float16: the f32 model of the 3.3B
-    # shape (13.4 GB) and CT2's converted copy did not both fit in this machine's shared 24 GB.
+    # A reduced-precision conversion of a big checkpoint loads the torch model in float16, to keep its peak low on a
+    # machine whose 24 GB others share (CT2's float32 conversion of the 3.3B shape peaked at about 12.3 GB RSS).
     half = quantization != "float32" and checkpoint_bytes(checkpoint) > HALF_LOAD_ABOVE_BYTES
     start = time.perf_counter()
     Converter(str(checkpoint), load_as_float16=half, low_cpu_mem_usage=True).convert(
