@@ -45,21 +45,61 @@ def checkpoint_ready(path: Path) -> bool:
 
 
 def make_checkpoint(shape: str, cache_root: Path, seed: int = 0) -> dict:
-    """Random weights at `shape`'s config, saved with save_pretrained into the cache (reused when present)."""
+    """Random weights at `shape`'s config, written into the cache (reused when present) one layer at a time, so making
+    the 3.3B shape (13.4 GB in f32) holds one layer in memory, not the model plus safetensors' serialized copy of it
+    (save_pretrained's peak). The weights are distributed as M2M100's own init makes them: N(0, init_std) for
+    projections and embeddings (the padding row zero), zero biases, unit layer-norm scales."""
     path = checkpoint_dir(shape, cache_root)
     if checkpoint_ready(path):
         return {"path": str(path), "created": False, "seconds": 0.0}
-    import torch
-    from transformers import M2M100Config, M2M100ForConditionalGeneration
-
     start = time.perf_counter()
-    torch.manual_seed(seed)
-    config = M2M100Config(**SHAPES[shape])
-    model = M2M100ForConditionalGeneration(config).eval()
     path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path)
+    write_random_checkpoint(SHAPES[shape], path, seed)
     (path / ".complete").write_text(json.dumps({"shape": shape, "seed": seed}))
     return {"path": str(path), "created": True, "seconds": time.perf_counter() - start}
+
+
+def write_random_checkpoint(shape_config: dict, path: Path, seed: int = 0) -> None:
+    """config.json, generation_config.json and sharded safetensors (one shard per layer, an index naming them), as
+    save_pretrained lays them out. Tensor names and shapes come from HF's model built on the meta device (no memory);
+    tied copies of the shared embedding are left out, as save_pretrained leaves them out."""
+    import numpy as np
+    import torch
+    from safetensors.numpy import save_file
+    from transformers import GenerationConfig, M2M100Config, M2M100ForConditionalGeneration
+
+    config = M2M100Config(**shape_config)
+    with torch.device("meta"):
+        names = {k: tuple(v.shape) for k, v in M2M100ForConditionalGeneration(config).state_dict().items()
+                 if not k.endswith(("embed_tokens.weight", "lm_head.weight"))}
+    groups: dict[str, list[str]] = {}
+    for name in names:   # one shard per encoder/decoder layer, one for the embedding and final norms
+        layer = ".".join(name.split(".")[:4]) if ".layers." in name else "rest"
+        groups.setdefault(layer, []).append(name)
+    rng = np.random.default_rng(seed)
+    weight_map, total = {}, 0
+    for i, (group, members) in enumerate(groups.items(), 1):
+        file = f"model-{i:05d}-of-{len(groups):05d}.safetensors"
+        tensors = {}
+        for name in members:
+            shape = names[name]
+            if name.endswith(".bias"):
+                tensors[name] = np.zeros(shape, np.float32)
+            elif "layer_norm" in name:
+                tensors[name] = np.ones(shape, np.float32)
+            else:
+                tensors[name] = rng.standard_normal(shape, dtype=np.float32)
+                tensors[name] *= np.float32(config.init_std)     # in place: the embedding alone is 2.1 GB at 3.3B
+                if name.endswith("shared.weight") and config.pad_token_id is not None:
+                    tensors[name][config.pad_token_id] = 0.0
+            weight_map[name] = file
+            total += tensors[name].nbytes
+        save_file(tensors, str(path / file), metadata={"format": "pt"})
+        del tensors
+    (path / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
+    config.save_pretrained(path)
+    GenerationConfig.from_model_config(config).save_pretrained(path)
 
 
 def read_config(path) -> dict:
@@ -124,7 +164,9 @@ def convert_ct2_all(checkpoint: Path, quantizations: list[str], cache_root: Path
 
 def convert_ct2(checkpoint: Path, quantization: str, cache_root: Path) -> dict:
     """Convert with CT2's own TransformersConverter (weights as CT2 reads them); the tokenizer is the checkpoint's
-    when it has one, else the synthetic one above. Cached next to the random checkpoints."""
+    when it has one, else the synthetic one above. Cached next to the random checkpoints. Checkpoints above
+    HALF_LOAD_ABOVE_BYTES are read in float16 for every conversion but float32 (CT2's int8 weights are then
+    quantized from float16-rounded values)."""
     out = ct2_dir(checkpoint, quantization, cache_root)
     if (out / "model.bin").exists():
         return {"path": str(out), "created": False, "seconds": 0.0}
@@ -142,9 +184,21 @@ def convert_ct2(checkpoint: Path, quantization: str, cache_root: Path) -> dict:
                 pass
             return SyntheticTokenizer(vocab_size)
 
+    # A reduced-precision conversion of a big checkpoint loads the torch model in float16, to keep its peak low on a
+    # machine whose 24 GB others share (CT2's float32 conversion of the 3.3B shape peaked at about 12.3 GB RSS).
+    half = quantization != "float32" and checkpoint_bytes(checkpoint) > HALF_LOAD_ABOVE_BYTES
     start = time.perf_counter()
-    Converter(str(checkpoint)).convert(str(out), quantization=quantization, force=True)
-    return {"path": str(out), "created": True, "seconds": time.perf_counter() - start}
+    Converter(str(checkpoint), load_as_float16=half, low_cpu_mem_usage=True).convert(
+        str(out), quantization=quantization, force=True)
+    return {"path": str(out), "created": True, "seconds": time.perf_counter() - start, "loaded_as_float16": half}
+
+
+HALF_LOAD_ABOVE_BYTES = 8 * 10**9
+
+
+def checkpoint_bytes(checkpoint: Path) -> int:
+    """Bytes of a checkpoint's safetensors files."""
+    return sum(f.stat().st_size for f in Path(checkpoint).glob("*.safetensors"))
 
 
 def ct2_vocabulary(model_dir) -> list[str]:

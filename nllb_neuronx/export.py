@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import hlo
 from hlo.runtime import xla_hlo_text
@@ -22,6 +23,7 @@ from hlo.targets import neuron
 
 from nllb_neuronx import quantize, sharding
 from nllb_neuronx.device_weights import POSITIONS  # the sinusoidal positions table, uploaded with the weights
+from nllb_neuronx.program_key import ProgramKey
 
 MANIFEST = "manifest.json"
 FORMAT = 1
@@ -43,9 +45,10 @@ class Export:
         return "\n".join(f"{name}: {v}" for name, found in self.violations.items() for v in found)
 
 
-def export_hlo(model, directory) -> Export:
-    """Build every program of `model`'s shape (`model.program_builders()`), check each for Neuron, and write the
-    files into `directory` (created if missing; files of the same names are replaced)."""
+def export_hlo(model, directory, select: Callable[[ProgramKey], bool] | None = None) -> Export:
+    """Build every program of `model`'s shape (`model.program_builders()`), or those whose key `select` accepts,
+    check each for Neuron, and write the files into `directory` (created if missing; files of the same names are
+    replaced)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     specs, quantization = sharding.all_weights(model.config), model.compile_config.quantization
@@ -54,6 +57,8 @@ def export_hlo(model, directory) -> Export:
     tp = model.compile_config.tp_degree
     result, entries = Export(directory), []
     for key, build in model.program_builders().items():
+        if select is not None and not select(key):
+            continue
         module = build()
         if module.name in result.violations:
             raise ValueError(f"two programs are named {module.name!r}; program names must be unique")
