@@ -48,6 +48,7 @@ from nllb_neuronx.slot_state import SlotState
 __all__ = ["EngineClosed", "EngineStats", "GenerationRequest", "QueueFull", "SamplingParams", "SlotEngine"]
 
 log = logging.getLogger(__name__)
+READ_AHEAD_PER_SLOT = 64   # generate()'s default read-ahead: results are small, idle slots are not
 
 
 @dataclass(eq=False)
@@ -111,10 +112,13 @@ class SlotEngine:
         return self._submit(request, block=False)
 
     def generate(self, requests: Iterable[GenerationRequest], read_ahead: int | None = None) -> Iterator[np.ndarray]:
-        """Results in input order, as soon as a prefix is complete. At most `read_ahead` requests (default: 4x the
-        slots) are in the engine at once, so memory stays bounded whatever the input's length. A failed request
-        raises its error here; requests not yet handed back when the iterator is closed are cancelled."""
-        window = read_ahead or 4 * len(self._slots)
+        """Results in input order, as soon as a prefix is complete. At most `read_ahead` requests (default:
+        READ_AHEAD_PER_SLOT x the slots) are in the engine or waiting for an earlier line at once, so memory stays
+        bounded whatever the input's length; the default is large because a long line at the head of the output
+        holds back every later result: with 4x the slots, one line that ran to its limit left the other slots idle
+        (occupancy 0.61 on the 600M corpus benchmark, RESULTS.md). A failed request raises its error here; requests
+        not yet handed back when the iterator is closed are cancelled."""
+        window = read_ahead or READ_AHEAD_PER_SLOT * len(self._slots)
         pending: collections.deque[Future] = collections.deque()
         try:
             for request in requests:

@@ -26,7 +26,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from nllb_neuronx.engine import GenerationRequest, SlotEngine
+from nllb_neuronx.engine import READ_AHEAD_PER_SLOT, GenerationRequest, SlotEngine
 from nllb_neuronx.model import NLLBForSampling
 from nllb_neuronx.sampling import SamplingParams
 
@@ -228,7 +228,8 @@ class Translator:
                          read_ahead: int | None = None, **translate_kwargs) -> Iterator[str]:
         """Translations of `items`, in input order, each as soon as it and every item before it are done. An item
         is a text (to `tgt_lang`) or a (text, target language) pair. `items` is read in a thread of its own, at most
-        `read_ahead` items (default 4x batch_size) ahead of the output, so a source that stays open (a pipe) gets
+        `read_ahead` items (default READ_AHEAD_PER_SLOT = 64 x batch_size: a long line at the head of the output must
+        not leave the engine's other slots idle) ahead of the output, so a source that stays open (a pipe) gets
         each translation without waiting for the end, and memory stays bounded; an exception it raises comes out
         here after the translations of the items before it. `translate_kwargs` as for `translate()`."""
         num_beams = translate_kwargs.pop("num_beams", 1)
@@ -288,7 +289,7 @@ class Translator:
         their turn in the output."""
         self.language_id(src_lang)
         engine = self.engine()
-        lines: queue.Queue = queue.Queue(maxsize=read_ahead or 4 * self.model.batch_size)
+        lines: queue.Queue = queue.Queue(maxsize=read_ahead or READ_AHEAD_PER_SLOT * self.model.batch_size)
         stop = threading.Event()
 
         def put(entry) -> bool:
