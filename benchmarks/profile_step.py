@@ -36,9 +36,8 @@ import contextlib
 import json
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, ClassVar
+from typing import Callable
 
 import numpy as np
 
@@ -47,20 +46,8 @@ from hlo import nn
 from hlo.types import f32, s32
 from nllb_neuronx import decoder_layer, heads, layers
 from nllb_neuronx.decoder import build_decoder
-from nllb_neuronx.program_key import DecoderKey, ProgramKey
+from nllb_neuronx.program_key import CustomProgramKey, DecoderKey, ProgramKey
 from nllb_neuronx.program_spec import ProgramShapes, weight_params
-
-
-@dataclass(frozen=True)
-class PartKey(ProgramKey):
-    """A profiling program: fetched once by `name`, built by `builder`."""
-
-    kind: ClassVar[str] = "profile_part"
-    name: str
-    builder: Callable = field(compare=False, repr=False)
-
-    def build(self, shapes):
-        return self.builder()
 
 
 def _spec(shapes: ProgramShapes, names: list[str], **inputs) -> hlo.ParamSpec:
@@ -103,11 +90,11 @@ def build_projections(shapes: ProgramShapes) -> hlo.Module:
             pre = f"decoder.layers.{i}"
             qkv = [nn.linear_columns(h, w(f"{pre}.self_attn.{x}_proj.weight"), w(f"{pre}.self_attn.{x}_proj.bias"))
                    for x in "qkv"]                                                               # [N_local*D, B]
-            h = h + decoder_layer.row_parallel(qkv[0] + qkv[1] + qkv[2], w, f"{pre}.self_attn.out_proj", tp)
+            h = h + decoder_layer.row_parallel(qkv[0] + qkv[1] + qkv[2], w, f"{pre}.self_attn.out_proj", shapes.parallel)
             q = nn.linear_columns(h, w(f"{pre}.encoder_attn.q_proj.weight"), w(f"{pre}.encoder_attn.q_proj.bias"))
-            h = h + decoder_layer.row_parallel(q, w, f"{pre}.encoder_attn.out_proj", tp)
+            h = h + decoder_layer.row_parallel(q, w, f"{pre}.encoder_attn.out_proj", shapes.parallel)
             ffn = nn.relu(nn.linear_columns(h, w(f"{pre}.fc1.weight"), w(f"{pre}.fc1.bias")))   # [F_local, B]
-            h = h + decoder_layer.row_parallel(ffn, w, f"{pre}.fc2", tp)
+            h = h + decoder_layer.row_parallel(ffn, w, f"{pre}.fc2", shapes.parallel)
         return {"h": h}
     return hlo.build(f"profile_projections_b{b}_tp{tp}", spec, program)
 
@@ -246,32 +233,32 @@ def main(argv=None) -> int:
         feed["tokens"] = model.next_tokens(feed["tokens"])[:, None]
         return {}
     parts["next_tokens"] = (step_key, next_tokens)
-    parts["lm_head_greedy"] = plain(PartKey("lm_head_greedy", lambda: build_lm_head(shapes, True)), h=h)
-    parts["lm_head_max"] = plain(PartKey("lm_head_max", lambda: build_lm_head(shapes, False)), h=h)
-    parts["projections"] = plain(PartKey("projections", lambda: build_projections(shapes)), h=h)
+    parts["lm_head_greedy"] = plain(CustomProgramKey("lm_head_greedy", lambda: build_lm_head(shapes, True)), h=h)
+    parts["lm_head_max"] = plain(CustomProgramKey("lm_head_max", lambda: build_lm_head(shapes, False)), h=h)
+    parts["projections"] = plain(CustomProgramKey("projections", lambda: build_projections(shapes)), h=h)
     nd = shapes.parallel.heads_local * shapes.parallel.head_dim
-    parts["attention"] = with_caches(PartKey("attention", lambda: build_attention(shapes, t, s)),
+    parts["attention"] = with_caches(CustomProgramKey("attention", lambda: build_attention(shapes, t, s)),
                                      x=(h[:nd] * 0.1).astype(np.float32), start=start,
                                      encoder_attention_mask=step_inputs["encoder_attention_mask"],
                                      cross_k=state["cross_k"], cross_v=state["cross_v"])
-    parts["norms_embed"] = plain(PartKey("norms_embed", lambda: build_norms_embed(shapes, t)), input_ids=ids,
+    parts["norms_embed"] = plain(CustomProgramKey("norms_embed", lambda: build_norms_embed(shapes, t)), input_ids=ids,
                                  start=start)
-    parts["call_all_args"] = with_caches(PartKey("call_all_args", lambda: build_call(shapes, step_module)),
+    parts["call_all_args"] = with_caches(CustomProgramKey("call_all_args", lambda: build_call(shapes, step_module)),
                                          **step_inputs)
     def unbound():  # every weight argument checked and converted on every call, as before `Program.bind`
         registry = model.programs
-        program = registry.get(PartKey("call_all_args", lambda: build_call(shapes, step_module)))
+        program = registry.get(CustomProgramKey("call_all_args", lambda: build_call(shapes, step_module)))
         out = program.run({**{n: registry.weights[n] for n in program.module.params.names if n in registry.weights},
                            **step_inputs, "cache_k": state["cache_k"], "cache_v": state["cache_v"]})
         state["cache_k"], state["cache_v"] = out["cache_k"], out["cache_v"]
         return out
     parts["call_all_args_unbound"] = (None, unbound)
-    parts["call_one_arg"] = plain(PartKey("call_one_arg", lambda: build_call(shapes, None)), input_ids=ids)
+    parts["call_one_arg"] = plain(CustomProgramKey("call_one_arg", lambda: build_call(shapes, None)), input_ids=ids)
     if args.tp > 1:
         def no_collectives():
             with no_all_reduce():
                 return build_decoder(shapes, 1, t, s, "greedy")
-        parts["step_no_collectives"] = with_caches(PartKey("step_no_collectives", no_collectives), **step_inputs)
+        parts["step_no_collectives"] = with_caches(CustomProgramKey("step_no_collectives", no_collectives), **step_inputs)
 
     def timed(call) -> float:
         begin = time.perf_counter()

@@ -18,25 +18,11 @@ import argparse
 import contextlib
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, ClassVar
 
 import numpy as np
 
-from nllb_neuronx.program_key import ProgramKey
-
-
-@dataclass(frozen=True)
-class VariantKey(ProgramKey):
-    """A decoder variant measured here: the registry fetches it once by `name`, built by `builder`."""
-
-    kind: ClassVar[str] = "slot_costs"
-    name: str
-    builder: Callable = field(compare=False, repr=False)
-
-    def build(self, shapes):
-        return self.builder()
+from nllb_neuronx.program_key import CustomProgramKey
 
 
 @contextlib.contextmanager
@@ -96,7 +82,7 @@ def main(argv=None) -> int:
 
     def run(name: str) -> float:
         nonlocal state
-        key = VariantKey(name, variants[name])
+        key = CustomProgramKey(name, variants[name])
         begin = time.perf_counter()
         if name == "one_write":
             with one_write_for_all_rows():

@@ -5,7 +5,7 @@ kind of program, each able to build its module), a program fetched (ProgramEvent
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import ClassVar
+from typing import Callable, ClassVar
 
 import hlo
 from nllb_neuronx.decoder import build_decoder
@@ -119,6 +119,20 @@ class SlotReorderKey(ProgramKey):
 
     def build(self, shapes: ProgramShapes) -> hlo.Module:
         return build_slot_reorder(shapes)
+
+
+@dataclass(frozen=True)
+class CustomProgramKey(ProgramKey):
+    """A program the caller builds (a variant of the decoder, a part of a step for profiling), run through the
+    registry like the model's own (`model.run_program`, the weights fed by name): fetched once by `name`, built by
+    `builder()`."""
+
+    kind: ClassVar[str] = "custom"
+    name: str
+    builder: Callable[[], hlo.Module] = field(compare=False, repr=False)
+
+    def build(self, shapes: ProgramShapes) -> hlo.Module:
+        return self.builder()
 
 
 @dataclass(frozen=True)
