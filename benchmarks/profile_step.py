@@ -90,7 +90,8 @@ def build_projections(shapes: ProgramShapes) -> hlo.Module:
             pre = f"decoder.layers.{i}"
             qkv = [nn.linear_columns(h, w(f"{pre}.self_attn.{x}_proj.weight"), w(f"{pre}.self_attn.{x}_proj.bias"))
                    for x in "qkv"]                                                               # [N_local*D, B]
-            h = h + decoder_layer.row_parallel(qkv[0] + qkv[1] + qkv[2], w, f"{pre}.self_attn.out_proj", shapes.parallel)
+            h = h + decoder_layer.row_parallel(qkv[0] + qkv[1] + qkv[2], w, f"{pre}.self_attn.out_proj",
+                                               shapes.parallel)
             q = nn.linear_columns(h, w(f"{pre}.encoder_attn.q_proj.weight"), w(f"{pre}.encoder_attn.q_proj.bias"))
             h = h + decoder_layer.row_parallel(q, w, f"{pre}.encoder_attn.out_proj", shapes.parallel)
             ffn = nn.relu(nn.linear_columns(h, w(f"{pre}.fc1.weight"), w(f"{pre}.fc1.bias")))   # [F_local, B]
@@ -258,7 +259,8 @@ def main(argv=None) -> int:
         def no_collectives():
             with no_all_reduce():
                 return build_decoder(shapes, 1, t, s, "greedy")
-        parts["step_no_collectives"] = with_caches(CustomProgramKey("step_no_collectives", no_collectives), **step_inputs)
+        parts["step_no_collectives"] = with_caches(CustomProgramKey("step_no_collectives", no_collectives),
+                                                   **step_inputs)
 
     def timed(call) -> float:
         begin = time.perf_counter()
