@@ -47,7 +47,7 @@ from hlo.types import f32, s32
 from nllb_neuronx import decoder_layer, heads, layers
 from nllb_neuronx.decoder import build_decoder
 from nllb_neuronx.program_key import CustomProgramKey, DecoderKey, ProgramKey
-from nllb_neuronx.program_spec import ProgramShapes, weight_params
+from nllb_neuronx.program_spec import ProgramShapes, layer_name, weight_params
 
 
 def _spec(shapes: ProgramShapes, names: list[str], **inputs) -> hlo.ParamSpec:
@@ -103,30 +103,33 @@ def build_projections(shapes: ProgramShapes) -> hlo.Module:
 def build_attention(shapes: ProgramShapes, bucket: int, source_len: int) -> hlo.Module:
     m, b, par = shapes.model, shapes.batch_size, shapes.parallel
     n, d = par.heads_local, par.head_dim
-    cache, cross = shapes.cache_shape(), shapes.cross_shape(source_len)
-    spec = hlo.ParamSpec(x=f32[n * d, b], start=s32[b], encoder_attention_mask=s32[b, source_len], cache_k=cache,
-                         cache_v=cache, cross_k=cross, cross_v=cross)
+    if shapes.reads_stored_caches:                    # as the decoder reads them on this backend
+        bucket = shapes.compile.max_target_length
+    state = {**shapes.cache_shapes(), **shapes.cross_shapes(source_len)}
+    spec = hlo.ParamSpec(x=f32[n * d, b], start=s32[b], encoder_attention_mask=s32[b, source_len])
+    for name, shape in state.items():
+        spec.add(name, shape)
 
     def program(p):
         query_pos = hlo.broadcast_in_dim(p.start, [b, 1, bucket], [0])
         self_mask = layers.additive_mask(hlo.compare(hlo.iota(s32[b, 1, bucket], 2), query_pos, "LE"))
         keep = hlo.compare(p.encoder_attention_mask, 0, "NE")                                     # [B, S]
         cross_mask = layers.additive_mask(hlo.broadcast_in_dim(keep, [b, 1, source_len], [0, 2]))
-        cache_k, cache_v, acc = p.cache_k, p.cache_v, p.x
+        caches, acc = {name: p[name] for name in shapes.cache_names()}, p.x
         for i in range(m.decoder_layers):
             heads_of = lambda y: hlo.transpose(hlo.reshape(y, [n, d, 1, b]), [3, 0, 2, 1])    # [B, N, 1, D]
             q, k, v = heads_of(acc), heads_of(acc + 1.0), heads_of(acc + 2.0)
-            cache_k = decoder_layer.write_cache(cache_k, k, i, p.start)
-            cache_v = decoder_layer.write_cache(cache_v, v, i, p.start)
-            keys = decoder_layer.layer_slice(cache_k, i, bucket)
-            values = decoder_layer.layer_slice(cache_v, i, bucket)
+            ck, cv = layer_name("cache_k", i), layer_name("cache_v", i)
+            caches[ck] = decoder_layer.write_cache(caches[ck], k, p.start)
+            caches[cv] = decoder_layer.write_cache(caches[cv], v, p.start)
+            keys = decoder_layer.first_positions(caches[ck], bucket)
+            values = decoder_layer.first_positions(caches[cv], bucket)
             acc = acc + decoder_layer.attend(q, keys, values, self_mask)                        # [N*D, B]
-            keys = decoder_layer.layer_slice(p.cross_k, i, source_len)
-            values = decoder_layer.layer_slice(p.cross_v, i, source_len)
+            keys, values = p[layer_name("cross_k", i)], p[layer_name("cross_v", i)]              # [B, N, S, D]
             acc = acc + decoder_layer.attend(heads_of(acc), keys, values, cross_mask)
-        return {"x": acc, "cache_k": cache_k, "cache_v": cache_v}
+        return {"x": acc, **caches}
     return hlo.build(f"profile_attention_b{b}_t{bucket}_s{source_len}_tp{par.tp}", spec, program,
-                     aliases={"cache_k": "cache_k", "cache_v": "cache_v"})
+                     aliases={name: name for name in shapes.cache_names()})
 
 
 def build_norms_embed(shapes: ProgramShapes, bucket: int) -> hlo.Module:
@@ -156,12 +159,12 @@ def build_call(shapes: ProgramShapes, step: hlo.Module | None) -> hlo.Module:
     """The step's parameters (or only the ids, `step=None`), returning the ids as the token."""
     b = shapes.batch_size
     spec = step.params if step is not None else hlo.ParamSpec(input_ids=s32[b, 1])
-    aliases = {"cache_k": "cache_k", "cache_v": "cache_v"} if step is not None else None
+    aliases = {name: name for name in shapes.cache_names()} if step is not None else None
 
     def program(p):
         out = {"next_token": hlo.reshape(p.input_ids, [b]) + 0}
         if step is not None:
-            out.update(cache_k=p.cache_k, cache_v=p.cache_v)
+            out.update({name: p[name] for name in shapes.cache_names()})
         return out
     return hlo.build(f"profile_call_{'all' if step is not None else 'one'}_args_b{b}", spec, program, aliases=aliases)
 
@@ -195,7 +198,7 @@ def main(argv=None) -> int:
     path = args.model or str(Path.home() / ".cache" / "nllb_neuronx" / "bench" / args.shape)
     model = NLLBForSampling.from_pretrained(path, batch_size=args.batch_size, tp_degree=args.tp,
                                             n_positions=[args.bucket], encoder_buckets=[args.src_len]).to_neuron()
-    shapes, b, t, s = model.shapes, args.batch_size, args.bucket, args.src_len
+    shapes, b, t, s = model.programs.build_shapes, args.batch_size, args.bucket, args.src_len
     m, put = shapes.model, model.runtime.put
     rng = np.random.default_rng(0)
     src = rng.integers(4, m.vocab_size, (b, s)).astype(np.int32)
@@ -208,17 +211,22 @@ def main(argv=None) -> int:
     ids = rng.integers(4, 1000, (b, 1)).astype(np.int32)
     start = np.full(b, args.position, np.int32)
     state = {name: put((rng.standard_normal(sh.dims) * 0.1).astype(np.float32))
-             for name, sh in (("cache_k", shapes.cache_shape()), ("cache_v", shapes.cache_shape()),
-                              ("cross_k", shapes.cross_shape(s)), ("cross_v", shapes.cross_shape(s)))}
+             for name, sh in {**shapes.cache_shapes(), **shapes.cross_shapes(s)}.items()}
+    cross = {name: state[name] for name in shapes.cross_names()}
     step_inputs = dict(input_ids=ids, start=start, active=np.ones(b, np.int32),
-                       encoder_attention_mask=np.ones((b, s), np.int32), cross_k=state["cross_k"],
-                       cross_v=state["cross_v"])
+                       encoder_attention_mask=np.ones((b, s), np.int32), **cross)
+
+    def caches() -> dict:
+        return {name: state[name] for name in shapes.cache_names()}
+
+    def keep_caches(out: dict) -> None:
+        state.update({name: out[name] for name in shapes.cache_names()})
     h = (rng.standard_normal((m.d_model, b)) * 0.5).astype(np.float32)
 
     def with_caches(key, **inputs):
         def call():
-            out = model.run_program(key, **inputs, cache_k=state["cache_k"], cache_v=state["cache_v"])
-            state["cache_k"], state["cache_v"] = out["cache_k"], out["cache_v"]
+            out = model.run_program(key, **inputs, **caches())
+            keep_caches(out)
             return out
         return key, call
 
@@ -241,7 +249,7 @@ def main(argv=None) -> int:
     parts["attention"] = with_caches(CustomProgramKey("attention", lambda: build_attention(shapes, t, s)),
                                      x=(h[:nd] * 0.1).astype(np.float32), start=start,
                                      encoder_attention_mask=step_inputs["encoder_attention_mask"],
-                                     cross_k=state["cross_k"], cross_v=state["cross_v"])
+                                     **cross)
     parts["norms_embed"] = plain(CustomProgramKey("norms_embed", lambda: build_norms_embed(shapes, t)), input_ids=ids,
                                  start=start)
     parts["call_all_args"] = with_caches(CustomProgramKey("call_all_args", lambda: build_call(shapes, step_module)),
@@ -250,8 +258,8 @@ def main(argv=None) -> int:
         registry = model.programs
         program = registry.get(CustomProgramKey("call_all_args", lambda: build_call(shapes, step_module)))
         out = program.run({**{n: registry.weights[n] for n in program.module.params.names if n in registry.weights},
-                           **step_inputs, "cache_k": state["cache_k"], "cache_v": state["cache_v"]})
-        state["cache_k"], state["cache_v"] = out["cache_k"], out["cache_v"]
+                           **step_inputs, **caches()})
+        keep_caches(out)
         return out
     parts["call_all_args_unbound"] = (None, unbound)
     parts["call_one_arg"] = plain(CustomProgramKey("call_one_arg", lambda: build_call(shapes, None)), input_ids=ids)

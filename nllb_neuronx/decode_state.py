@@ -3,8 +3,8 @@ the calls that move it on (encode, decode a step, choose the next tokens, reorde
 
 State on the device, updated in place by aliasing (B = batch_size, S = the batch's encoder bucket):
 
-    cache_k, cache_v          [L, B, N_local, T_max, D]     self-attention, every row at the same position
-    cross_k, cross_v          [L, B, N_local, S, D]         cross-attention K/V of the encoded rows
+    cache_k.<i>, cache_v.<i>  [B, N_local, T_max, D]     self-attention of layer i, every row at the same position
+    cross_k.<i>, cross_v.<i>  [B, N_local, S, D]         cross-attention K/V of the encoded rows
 
 A program that takes the caches donates them: if its result never arrives (an error, an interrupt), `recover()`
 forgets what was lost, so the next encode() or sample() starts from fresh caches. Not thread-safe: its owner
@@ -32,8 +32,7 @@ class EncodedSource:
     rows: int
     source_len: int
     encoder_attention_mask: np.ndarray      # s32[B, S]
-    cross_k: object                         # DeviceTensor [L, B, N_local, S, D]
-    cross_v: object
+    cross: dict[str, object]                # DeviceTensor [B, N_local, S, D] by name: cross_k.<i>, cross_v.<i>
     encoder_hidden_states: object           # DeviceTensor [B, S, H], rows as encoded
     row_map: np.ndarray                     # current row i holds encoded row row_map[i] (after reorders)
 
@@ -61,7 +60,7 @@ class DecodeState:
         if not self.caches or any(t.deleted for t in self.caches.values()):
             zeros = np.zeros(self.shapes.cache_shape().dims, self.shapes.dtype.numpy)
             put = self.programs.runtime.put
-            self.caches = {"cache_k": put(zeros), "cache_v": put(zeros)}
+            self.caches = {name: put(zeros) for name in self.shapes.cache_names()}
         self.position = 0
 
     def encode(self, input_ids, attention_mask=None) -> None:
@@ -78,8 +77,8 @@ class DecodeState:
         mask_b = np.zeros((self.batch_size, source_len), np.int32)
         ids_b[:rows, :length], mask_b[:rows, :length] = ids[:, :length], mask[:, :length]
         out = self.programs.run(EncoderKey(source_len), input_ids=ids_b, attention_mask=mask_b)
-        self.source = EncodedSource(rows, source_len, mask_b, out["cross_k"], out["cross_v"],
-                                    out["encoder_hidden_states"], np.arange(rows))
+        cross = {name: out[name] for name in self.shapes.cross_names()}
+        self.source = EncodedSource(rows, source_len, mask_b, cross, out["encoder_hidden_states"], np.arange(rows))
         self.reset()
 
     def encoder_hidden_states(self) -> np.ndarray:
@@ -110,9 +109,9 @@ class DecodeState:
         out = self.programs.run(DecoderKey(source.source_len, head, new, bucket, steps), input_ids=padded,
                                 start=np.full(self.batch_size, self.position, np.int32),
                                 active=(np.arange(self.batch_size) < source.rows).astype(np.int32),
-                                encoder_attention_mask=source.encoder_attention_mask, cross_k=source.cross_k,
-                                cross_v=source.cross_v, **head_inputs, **self.caches)
-        self.caches = {"cache_k": out["cache_k"], "cache_v": out["cache_v"]}
+                                encoder_attention_mask=source.encoder_attention_mask, **source.cross,
+                                **head_inputs, **self.caches)
+        self.caches = {name: out[name] for name in self.caches}
         self.position = end
         return out
 
@@ -169,10 +168,9 @@ class DecodeState:
             raise ValueError(f"reorder indices must lie in [0, {source.rows}), got {index.tolist()}")
         full = np.arange(self.batch_size, dtype=np.int32)  # rows past the used ones keep themselves
         full[: index.size] = index
-        out = self.programs.run(ReorderKey(source.source_len), index=full, cross_k=source.cross_k,
-                                cross_v=source.cross_v, **self.caches)
-        self.caches = {"cache_k": out["cache_k"], "cache_v": out["cache_v"]}
-        source.cross_k, source.cross_v = out["cross_k"], out["cross_v"]
+        out = self.programs.run(ReorderKey(source.source_len), index=full, **source.cross, **self.caches)
+        self.caches = {name: out[name] for name in self.caches}
+        source.cross = {name: out[name] for name in source.cross}
         source.encoder_attention_mask = source.encoder_attention_mask[full]
         source.row_map = source.row_map[index]
         source.rows = index.size
@@ -182,7 +180,7 @@ class DecodeState:
         never arrived, forget the target and source state. `drop_source`: forget the encoded batch anyway (a
         half-finished sample())."""
         source = self.source
-        state = list(self.caches.values()) + ([source.cross_k, source.cross_v] if source else [])
+        state = list(self.caches.values()) + (list(source.cross.values()) if source else [])
         lost = any(t.deleted for t in state)
         if lost:
             log.warning("a call failed after the device consumed its caches; they are recreated on the next call")
@@ -194,7 +192,7 @@ class DecodeState:
         """Every device buffer of the state (to wait for the work queued on them)."""
         source = self.source
         return list(self.caches.values()) + (
-            [source.cross_k, source.cross_v, source.encoder_hidden_states] if source else [])
+            [*source.cross.values(), source.encoder_hidden_states] if source else [])
 
 
 def as_batch(input_ids, attention_mask, pad: int) -> tuple[np.ndarray, np.ndarray]:

@@ -7,11 +7,14 @@ is never read) and its cache write (one runtime-indexed dynamic-update-slice per
 start for every row; the slot engine (`engine.py`) passes each slot's own. `active` (s32[B], nonzero: in use) marks
 the rows whose token matters: an inactive row's token comes back as -1.
 
-The layers run features first (`decoder_layer.py` says why): hidden states [H, P*B]. The self-attention cache
-[L, B, N_local, T_max, D] is updated in place (aliased); attention reads its first T positions, so moving to a larger
-bucket keeps the cache. Cross-attention K/V are stored at `cross_len` source positions ([L, B, N_local, S_stored, D],
-with the source mask [B, S_stored]) and read at their first `source_len`: the lockstep path stores exactly its
-encoder bucket, the slot engine stores the largest bucket and reads up to the largest bucket among active slots.
+The layers run features first (`decoder_layer.py` says why): hidden states [H, P*B]. Each layer's self-attention
+cache (`cache_k.<i>`, `cache_v.<i>`: [B, N_local, T_max, D]) is its own parameter, updated in place (aliased);
+attention reads its first T positions, so moving to a larger bucket keeps the cache. Cross-attention K/V
+(`cross_k.<i>`, `cross_v.<i>`) are stored at `cross_len` source positions ([B, N_local, S_stored, D], with the source
+mask [B, S_stored]) and read at their first `source_len`: the lockstep path stores exactly its encoder bucket, the
+slot engine stores the largest bucket. Where T or `source_len` is the stored length, attention reads the parameter
+itself; a shorter read is a slice, which XLA CPU copies: there every program reads all stored positions, masked
+(`ProgramShapes.reads_stored_caches`), so the programs of different buckets are one program (one HLO hash).
 The head is either "logits" (all-gathered [V_padded, B] for the last new token: vocab first, the LM head's natural
 result), "greedy" (the argmax token id [B], chosen on the device), "sample" (a token id [B] drawn on the device
 among the `max_top_k` most likely), or "beam" (a beam-search step's candidates, [B, K], and the greedy token);
@@ -32,7 +35,7 @@ from hlo.types import f32, s32
 
 from nllb_neuronx import beam_head, decoder_layer, heads, layers
 from nllb_neuronx.heads import HEADS
-from nllb_neuronx.program_spec import ProgramShapes, weight_params
+from nllb_neuronx.program_spec import ProgramShapes, layer_name, weight_params
 
 
 def build_decoder(shapes: ProgramShapes, new_tokens: int, bucket: int, source_len: int, head: str,
@@ -47,11 +50,14 @@ def build_decoder(shapes: ProgramShapes, new_tokens: int, bucket: int, source_le
     cross_len = source_len if cross_len is None else cross_len
     if cross_len < source_len:
         raise ValueError(f"cross_len {cross_len} must hold source_len {source_len}")
+    if shapes.reads_stored_caches:  # XLA CPU: every stored position, masked (a shorter read is a copy there)
+        bucket, source_len = shapes.compile.max_target_length, cross_len
     m, b, par, p_len = shapes.model, shapes.batch_size, shapes.parallel, new_tokens
-    cache, cross = shapes.cache_shape(), shapes.cross_shape(cross_len)
     spec = hlo.ParamSpec(input_ids=s32[b, p_len], start=s32[b], active=s32[b],
-                         encoder_attention_mask=s32[b, cross_len], cache_k=cache, cache_v=cache, cross_k=cross,
-                         cross_v=cross, positions=shapes.positions_shape)
+                         encoder_attention_mask=s32[b, cross_len], positions=shapes.positions_shape)
+    for name, shape in {**shapes.cache_shapes(), **shapes.cross_shapes(cross_len)}.items():
+        spec.add(name, shape)
+    cache_names = shapes.cache_names()
     if head == "sample":
         spec.add("temperature", f32[b]).add("top_k", s32[b]).add("top_p", f32[b]).add("uniform", f32[b])  # per row
     if head == "beam":
@@ -59,8 +65,9 @@ def build_decoder(shapes: ProgramShapes, new_tokens: int, bucket: int, source_le
     for name, shape in weight_params(shapes.decoder_weight_names(), shapes):
         spec.add(name, shape)
 
-    def forward(p: hlo.Params, ids: hlo.Value, start: hlo.Value, caches, cross_mask):
-        """ids [B, P] at positions [start[b], start[b] + P) -> (LM head logits [V_local, B] of the last, caches)."""
+    def forward(p: hlo.Params, ids: hlo.Value, start: hlo.Value, caches: dict, cross_mask):
+        """ids [B, P] at positions [start[b], start[b] + P) -> (LM head logits [V_local, B] of the last, caches by
+        parameter name)."""
         w = p.__getitem__
         not_pad = hlo.convert(hlo.compare(ids, m.pad_token_id, "NE"), s32)
         row_start = hlo.broadcast_in_dim(start, [b, p_len], [0])                                 # [B, P]
@@ -72,9 +79,12 @@ def build_decoder(shapes: ProgramShapes, new_tokens: int, bucket: int, source_le
 
         query_pos = hlo.iota(s32[b, p_len, bucket], 1) + hlo.broadcast_in_dim(start, [b, p_len, bucket], [0])
         self_mask = layers.additive_mask(hlo.compare(hlo.iota(s32[b, p_len, bucket], 2), query_pos, "LE"))
+        caches = dict(caches)
         for i in range(m.decoder_layers):
-            h, caches = decoder_layer.decoder_layer(h, self_mask, cross_mask, caches, (p.cross_k, p.cross_v), w, i,
-                                                    start, bucket, par)
+            k, v = layer_name("cache_k", i), layer_name("cache_v", i)
+            cross = (p[layer_name("cross_k", i)], p[layer_name("cross_v", i)])                    # [B, N, S, D]
+            h, (caches[k], caches[v]) = decoder_layer.decoder_layer(h, self_mask, cross_mask, (caches[k], caches[v]),
+                                                                    cross, w, i, start, bucket, par)
         last = hlo.slice_in_dim(h, (p_len - 1) * b, p_len * b, 1)                                # [H, B]
         last = layers.layer_norm(last, w, "decoder.layer_norm", axis=0)
         return layers.lm_head(last, w, par), caches                                              # [V_local, B] f32
@@ -84,12 +94,12 @@ def build_decoder(shapes: ProgramShapes, new_tokens: int, bucket: int, source_le
         keep = hlo.compare(source_mask, 0, "NE")                                                 # [B, S]
         cross_mask = layers.additive_mask(hlo.broadcast_in_dim(keep, [b, p_len, source_len], [0, 2]))
         active = hlo.compare(p.active, 0, "NE")                                                  # [B]
-        caches, ids, start, tokens = (p.cache_k, p.cache_v), p.input_ids, p.start, []
+        caches, ids, start, tokens = {n: p[n] for n in cache_names}, p.input_ids, p.start, []
         for step in range(steps):
             if step:
                 ids, start = hlo.reshape(tokens[-1], [b, 1]), start + 1                        # [B, 1], [B]
             logits, caches = forward(p, ids, start, caches, cross_mask)
-            out = {"cache_k": caches[0], "cache_v": caches[1]}
+            out = dict(caches)
             if head == "logits":
                 out["logits"] = heads.logits(logits, par.tp)                                     # [V_pad, B]
                 return out
@@ -115,4 +125,4 @@ def build_decoder(shapes: ProgramShapes, new_tokens: int, bucket: int, source_le
     stored = f"_of{cross_len}" if cross_len != source_len else ""
     unrolled = f"_x{steps}" if steps > 1 else ""
     name = f"nllb_decoder_{label}_b{b}_p{p_len}_t{bucket}_s{source_len}{stored}{unrolled}_tp{par.tp}"
-    return hlo.build(name, spec, decoder, aliases={"cache_k": "cache_k", "cache_v": "cache_v"})
+    return hlo.build(name, spec, decoder, aliases={n: n for n in cache_names})

@@ -44,30 +44,31 @@ def attend(q: hlo.Value, k: hlo.Value, v: hlo.Value, mask: hlo.Value) -> hlo.Val
     return hlo.reshape(ctx, [n * d, p * b])
 
 
-def layer_slice(stack: hlo.Value, layer: int, length: int) -> hlo.Value:
-    """Layer `layer` of a stacked cache [L, B, N, K_max, D], keys [0, length) -> [B, N, length, D]."""
-    _, b, n, _, d = stack.dims
-    return hlo.reshape(hlo.slice(stack, [layer, 0, 0, 0, 0], [layer + 1, b, n, length, d]), [b, n, length, d])
+def first_positions(cache: hlo.Value, length: int) -> hlo.Value:
+    """Keys or values [B, N, K_stored, D], positions [0, length) -> [B, N, length, D]: the cache itself when it holds
+    exactly `length` (the dot then reads the parameter in place; a slice is a copy on XLA CPU)."""
+    b, n, stored, d = cache.dims
+    return cache if length == stored else hlo.slice(cache, [0, 0, 0, 0], [b, n, length, d])
 
 
-def write_cache(stack: hlo.Value, new: hlo.Value, layer: int, start: hlo.Value) -> hlo.Value:
-    """Write new keys or values [B, N, P, D] into the stacked cache [L, B, N, T, D], row b at its own target position
-    start[b] (s32[B]): one dynamic-update-slice per row, at runtime indices [layer, b, 0, start[b], 0], as NxDI writes
+def write_cache(cache: hlo.Value, new: hlo.Value, start: hlo.Value) -> hlo.Value:
+    """Write new keys or values [B, N, P, D] into one layer's cache [B, N, T, D], row b at its own target position
+    start[b] (s32[B]): one dynamic-update-slice per row, at runtime indices [b, 0, start[b], 0], as NxDI writes
     continuous-batching caches. The updates chain, so XLA writes them in place into the aliased cache."""
     b, n, p, d = new.dims
     for row in range(b):
         row_start = hlo.reshape(hlo.slice_in_dim(start, row, row + 1, 0), [])                    # s32[]
-        update = hlo.reshape(hlo.slice_in_dim(new, row, row + 1, 0), [1, 1, n, p, d])          # [1, 1, N, P, D]
-        stack = hlo.dynamic_update_slice(stack, update, [layer, row, 0, row_start, 0])
-    return stack
+        update = hlo.slice_in_dim(new, row, row + 1, 0)                                          # [1, N, P, D]
+        cache = hlo.dynamic_update_slice(cache, update, [row, 0, row_start, 0])
+    return cache
 
 
 def decoder_layer(h, self_mask, cross_mask, caches, cross, w: Weights, layer: int, start, bucket: int,
                   par: Parallel):
     """One cached decoder layer over P new tokens, row b at target positions [start[b], start[b] + P).
 
-    h [H, P*B]; self_mask [B, P, T_bucket] and cross_mask [B, P, S] additive; caches (k, v) [L, B, N, T, D] are
-    returned updated; cross (k, v) [L, B, N, S_stored, D] were written by an encoder program: the first S source
+    h [H, P*B]; self_mask [B, P, T_bucket] and cross_mask [B, P, S] additive; this layer's caches (k, v) [B, N, T, D]
+    are returned updated; its cross (k, v) [B, N, S_stored, D] were written by an encoder program: the first S source
     positions are read (S_stored >= S, the rest masked by every row that attends here).
     """
     prefix = f"decoder.layers.{layer}"
@@ -77,16 +78,16 @@ def decoder_layer(h, self_mask, cross_mask, caches, cross, w: Weights, layer: in
     x = layer_norm(h, w, f"{prefix}.self_attn_layer_norm", axis=0)
     attn = f"{prefix}.self_attn"
     q = project_heads(x, w, f"{attn}.q_proj", par, p_len, scale)                              # [B, N, P, D]
-    cache_k = write_cache(cache_k, project_heads(x, w, f"{attn}.k_proj", par, p_len), layer, start)
-    cache_v = write_cache(cache_v, project_heads(x, w, f"{attn}.v_proj", par, p_len), layer, start)
-    keys, values = layer_slice(cache_k, layer, bucket), layer_slice(cache_v, layer, bucket)      # [B, N, T, D]
+    cache_k = write_cache(cache_k, project_heads(x, w, f"{attn}.k_proj", par, p_len), start)
+    cache_v = write_cache(cache_v, project_heads(x, w, f"{attn}.v_proj", par, p_len), start)
+    keys, values = first_positions(cache_k, bucket), first_positions(cache_v, bucket)            # [B, N, T, D]
     h = h + row_parallel(attend(q, keys, values, self_mask), w, f"{attn}.out_proj", par)
 
     x = layer_norm(h, w, f"{prefix}.encoder_attn_layer_norm", axis=0)
     attn = f"{prefix}.encoder_attn"
     q = project_heads(x, w, f"{attn}.q_proj", par, p_len, scale)
     source_len = cross_mask.dims[2]
-    keys, values = layer_slice(cross[0], layer, source_len), layer_slice(cross[1], layer, source_len)
+    keys, values = first_positions(cross[0], source_len), first_positions(cross[1], source_len)
     h = h + row_parallel(attend(q, keys, values, cross_mask), w, f"{attn}.out_proj", par)
 
     x = layer_norm(h, w, f"{prefix}.final_layer_norm", axis=0)

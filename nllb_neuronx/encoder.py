@@ -1,6 +1,7 @@
 """The encoder program: source ids -> encoder states, and every decoder layer's cross-attention K and V.
 
-One program per source bucket S. Its outputs stay on the device; the decoder reads `cross_k`/`cross_v`.
+One program per source bucket S. Its outputs stay on the device; the decoder reads each layer's `cross_k.<i>` and
+`cross_v.<i>` [B, N_local, S, D].
 `encode()` is the program body, shared with the slot encoder (`slot_encoder.py`), which encodes a few new requests
 and writes their K/V into chosen slots of the slot engine's state.
 """
@@ -12,7 +13,7 @@ from hlo import nn
 from hlo.types import s32
 
 from nllb_neuronx import layers
-from nllb_neuronx.program_spec import ProgramShapes, weight_params
+from nllb_neuronx.program_spec import ProgramShapes, layer_name, weight_params
 
 
 def add_encoder_params(spec: hlo.ParamSpec, shapes: ProgramShapes) -> hlo.ParamSpec:
@@ -24,7 +25,8 @@ def add_encoder_params(spec: hlo.ParamSpec, shapes: ProgramShapes) -> hlo.ParamS
 
 
 def encode(p: hlo.Params, shapes: ProgramShapes, ids: hlo.Value, attention_mask: hlo.Value):
-    """ids, attention_mask s32[B, S] -> (encoder states [B, S, H], cross K, cross V [L, B, N_local, S, D])."""
+    """ids, attention_mask s32[B, S] -> (encoder states [B, S, H], every decoder layer's cross-attention K and V
+    [B, N_local, S, D] by parameter name: cross_k.<i>, cross_v.<i>)."""
     m, par = shapes.model, shapes.parallel
     b, source_len = ids.dims
     w = p.__getitem__
@@ -37,12 +39,10 @@ def encode(p: hlo.Params, shapes: ProgramShapes, ids: hlo.Value, attention_mask:
     for i in range(m.encoder_layers):
         h = layers.encoder_layer(h, mask, w, f"encoder.layers.{i}", par)
     h = layers.layer_norm(h, w, "encoder.layer_norm")                                           # [B, S, H]
-    cross = []
-    for kv in "kv":
-        per_layer = [layers.project_heads(h, w, f"decoder.layers.{i}.encoder_attn.{kv}_proj", par)
-                     for i in range(m.decoder_layers)]                                          # L x [B, N, S, D]
-        cross.append(hlo.concatenate([hlo.reshape(x, [1, *x.dims]) for x in per_layer], 0))     # [L, B, N, S, D]
-    return h, cross[0], cross[1]
+    cross = {layer_name(f"cross_{kv}", i): layers.project_heads(h, w, f"decoder.layers.{i}.encoder_attn.{kv}_proj",
+                                                                 par)                           # [B, N, S, D]
+             for kv in "kv" for i in range(m.decoder_layers)}
+    return h, cross
 
 
 def build_encoder(shapes: ProgramShapes, source_len: int) -> hlo.Module:
@@ -50,7 +50,7 @@ def build_encoder(shapes: ProgramShapes, source_len: int) -> hlo.Module:
     spec = add_encoder_params(hlo.ParamSpec(input_ids=s32[b, source_len], attention_mask=s32[b, source_len]), shapes)
 
     def encoder(p: hlo.Params) -> dict[str, hlo.Value]:
-        h, cross_k, cross_v = encode(p, shapes, p.input_ids, p.attention_mask)
-        return {"encoder_hidden_states": h, "cross_k": cross_k, "cross_v": cross_v}
+        h, cross = encode(p, shapes, p.input_ids, p.attention_mask)
+        return {"encoder_hidden_states": h, **cross}
 
     return hlo.build(f"nllb_encoder_b{b}_s{source_len}_tp{shapes.parallel.tp}", spec, encoder)

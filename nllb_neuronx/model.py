@@ -145,8 +145,11 @@ class NLLBForSampling:
 
     def program_builders(self) -> dict[ProgramKey, Callable[[], hlo.Module]]:
         """Every program generation can run with this model's shape, the slot engine's included (`programs.py`
-        says which): key -> builder (`key.build(model.shapes)`)."""
-        return {key: functools.partial(key.build, self.shapes) for key in self.programs.every_program()}
+        says which): key -> builder (`key.build(shapes)`, with the model's shapes for the backend it runs on, once
+        `to_neuron()` chose it). On XLA CPU the decoder programs of different buckets build one program
+        (`ProgramShapes.reads_stored_caches`)."""
+        shapes = self.programs.build_shapes
+        return {key: functools.partial(key.build, shapes) for key in self.programs.every_program()}
 
     @_exclusive
     def compile_all(self, workers: int | None = None, heads=None) -> int:

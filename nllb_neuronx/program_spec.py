@@ -13,6 +13,22 @@ from nllb_neuronx.config import CompileConfig, ModelConfig
 from nllb_neuronx.layers import Parallel
 
 
+SELF_CACHE = ("cache_k", "cache_v")
+CROSS_CACHE = ("cross_k", "cross_v")
+
+
+def layer_names(groups: tuple[str, ...], layers: int) -> list[str]:
+    """Per-layer parameter names of cache groups, group by group: ("cache_k", "cache_v"), 2 -> cache_k.0, cache_k.1,
+    cache_v.0, cache_v.1. Each layer's cache is its own parameter: on XLA CPU a slice of a stacked [L, ...] cache is
+    a copy into a fresh buffer (page faults on every call), while a whole parameter is read in place by the dot."""
+    return [f"{group}.{i}" for group in groups for i in range(layers)]
+
+
+def layer_name(group: str, layer: int) -> str:
+    """The parameter name of `layer`'s cache in `group` ("cache_k", "cross_v", ...)."""
+    return f"{group}.{layer}"
+
+
 @dataclass(frozen=True)
 class ProgramShapes:
     model: ModelConfig
@@ -43,6 +59,16 @@ class ProgramShapes:
         return ProgramShapes(self.model, dataclasses.replace(self.compile, backend=backend))
 
     @property
+    def reads_stored_caches(self) -> bool:
+        """Whether a decoder reads every stored cache position (masked) rather than only its buckets' (the target
+        bucket of the self-attention caches, the source bucket of cross-attention K/V stored longer): on XLA CPU a
+        shorter read is a slice, which XLA copies into a fresh buffer on every call (page faults included), while a
+        whole parameter is read in place. 600M shape, batch 8, 512 target positions and 128 source positions stored
+        (`benchmarks/slot_costs.py`, quiet VM): a step reading 64 target and 32 source positions took 199 ms, one
+        reading all of both 104 ms. Other backends read their buckets (a slice is an access pattern on Neuron)."""
+        return self.compile.backend == "xla-cpu"
+
+    @property
     def dtype(self):
         return dtype_of(self.compile.amp)
 
@@ -66,15 +92,30 @@ class ProgramShapes:
         return self.compile.encoder_buckets[-1]
 
     def cache_shape(self) -> Shape:
-        """Self-attention cache, keys or values: [L, B, N_local, T_max, D]."""
+        """One decoder layer's self-attention cache, keys or values: [B, N_local, T_max, D]."""
         m = self.model
-        return self.dtype[m.decoder_layers, self.batch_size, self.layout.heads_local, self.compile.max_target_length,
-                          m.head_dim]
+        return self.dtype[self.batch_size, self.layout.heads_local, self.compile.max_target_length, m.head_dim]
 
     def cross_shape(self, source_len: int) -> Shape:
-        """Cross-attention keys or values: [L, B, N_local, S, D]."""
+        """One decoder layer's cross-attention keys or values: [B, N_local, S, D]."""
         m = self.model
-        return self.dtype[m.decoder_layers, self.batch_size, self.layout.heads_local, source_len, m.head_dim]
+        return self.dtype[self.batch_size, self.layout.heads_local, source_len, m.head_dim]
+
+    def cache_names(self) -> list[str]:
+        """The self-attention caches' parameter names, keys then values, one per decoder layer (`layer_names`)."""
+        return layer_names(SELF_CACHE, self.model.decoder_layers)
+
+    def cross_names(self) -> list[str]:
+        """The cross-attention K/V parameter names, keys then values, one per decoder layer."""
+        return layer_names(CROSS_CACHE, self.model.decoder_layers)
+
+    def cache_shapes(self) -> dict[str, Shape]:
+        """Every self-attention cache parameter, by name."""
+        return {name: self.cache_shape() for name in self.cache_names()}
+
+    def cross_shapes(self, source_len: int) -> dict[str, Shape]:
+        """Every cross-attention K/V parameter at `source_len` positions, by name."""
+        return {name: self.cross_shape(source_len) for name in self.cross_names()}
 
     def device_bytes(self) -> tuple[int, int]:
         """(weights, state) in bytes over all ranks: the uploaded weights and positions table, and the caches, the
@@ -82,7 +123,8 @@ class ProgramShapes:
         tp, longest = self.compile.tp_degree, self.compile.encoder_buckets[-1]
         names = [w.name for w in sharding.all_weights(self.model)]
         weights = sum(shape.nbytes for _, shape in weight_params(names, self)) + self.positions_shape.nbytes
-        state = 2 * self.cache_shape().nbytes + 2 * self.cross_shape(longest).nbytes + \
+        layers = self.model.decoder_layers
+        state = 2 * layers * (self.cache_shape().nbytes + self.cross_shape(longest).nbytes) + \
             self.dtype[self.batch_size, longest, self.model.d_model].nbytes
         return tp * weights, tp * state
 

@@ -90,6 +90,11 @@ class ProgramRegistry:
         self._bound_programs = {}
         self._build_shapes = self.shapes.for_backend(runtime.backend)
 
+    @property
+    def build_shapes(self) -> ProgramShapes:
+        """The shapes programs are built with: the model's, for the attached runtime's backend."""
+        return self._build_shapes
+
     def require_runtime(self) -> None:
         if self.runtime is None:
             raise RuntimeError("call model.to_neuron() first: it starts the runtime and uploads the weights")

@@ -4,10 +4,10 @@ One program per (k rows, source bucket S). It runs the encoder (`encoder.encode`
 their cross-attention K/V and masks with zeros to the stored source length S_max (the largest bucket), and writes row
 i into slot `slots[i]` of the state, in place (aliased):
 
-    cross_k, cross_v         [L, B, N_local, S_max, D]
-    encoder_attention_mask   s32[B, S_max]
+    cross_k.<i>, cross_v.<i>   [B, N_local, S_max, D], one pair per decoder layer
+    encoder_attention_mask     s32[B, S_max]
 
-Every other slot is left untouched. Each write is a dynamic-update-slice at the runtime index [0, slots[i], 0, 0, 0]
+Every other slot is left untouched. Each write is a dynamic-update-slice at the runtime index [slots[i], 0, 0, 0]
 (NxDI writes a continuous-batching prefill row the same way). Rows are written last to first, so a sub-batch padded
 to k with copies of row 0 (same slot) ends with row 0's own values in that slot, whatever the padding rows hold.
 """
@@ -20,13 +20,9 @@ from hlo.types import s32
 from nllb_neuronx.encoder import add_encoder_params, encode
 from nllb_neuronx.program_spec import ProgramShapes
 
-STATE = ("cross_k", "cross_v", "encoder_attention_mask")
-
-
 def slot_state_shapes(shapes: ProgramShapes) -> dict[str, hlo.Shape]:
     """The slot engine's encoder-side state, by parameter name."""
-    cross = shapes.cross_shape(shapes.max_source_length)
-    return {"cross_k": cross, "cross_v": cross,
+    return {**shapes.cross_shapes(shapes.max_source_length),
             "encoder_attention_mask": s32[shapes.batch_size, shapes.max_source_length]}
 
 
@@ -46,27 +42,28 @@ def build_slot_encoder(shapes: ProgramShapes, rows: int, source_len: int) -> hlo
     if source_len > stored:
         raise ValueError(f"source bucket {source_len} exceeds the stored source length {stored}")
     spec = hlo.ParamSpec(input_ids=s32[rows, source_len], attention_mask=s32[rows, source_len], slots=s32[rows])
+    state_names = list(slot_state_shapes(shapes))
     for name, shape in slot_state_shapes(shapes).items():
         spec.add(name, shape)
     add_encoder_params(spec, shapes)
 
     def slot_encoder(p: hlo.Params) -> dict[str, hlo.Value]:
-        _, cross_k, cross_v = encode(p, shapes, p.input_ids, p.attention_mask)               # [L, k, N, S, D]
+        _, cross = encode(p, shapes, p.input_ids, p.attention_mask)                            # [k, N, S, D] each
         tail = stored - source_len
-        pad_source = [(0, 0, 0)] * 3 + [(0, tail, 0), (0, 0, 0)]
-        new = {"cross_k": hlo.pad(cross_k, 0.0, pad_source), "cross_v": hlo.pad(cross_v, 0.0, pad_source),
-               "encoder_attention_mask": hlo.pad(p.attention_mask, 0, [(0, 0, 0), (0, tail, 0)])}   # S -> S_max
-        state = {name: p[name] for name in STATE}
+        pad_source = [(0, 0, 0)] * 2 + [(0, tail, 0), (0, 0, 0)]
+        new = {name: hlo.pad(x, 0.0, pad_source) for name, x in cross.items()}                  # [k, N, S_max, D]
+        new["encoder_attention_mask"] = hlo.pad(p.attention_mask, 0, [(0, 0, 0), (0, tail, 0)])  # S -> S_max
+        state = {name: p[name] for name in state_names}
         zero = hlo.constant(0, s32)
         for row in reversed(range(rows)):
             slot = hlo.reshape(hlo.slice_in_dim(p.slots, row, row + 1, 0), [])                   # s32[]
-            for name in ("cross_k", "cross_v"):
-                update = hlo.slice_in_dim(new[name], row, row + 1, 1)                            # [L, 1, N, S_max, D]
-                state[name] = hlo.dynamic_update_slice(state[name], update, [zero, slot, zero, zero, zero])
+            for name in cross:
+                update = hlo.slice_in_dim(new[name], row, row + 1, 0)                            # [1, N, S_max, D]
+                state[name] = hlo.dynamic_update_slice(state[name], update, [slot, zero, zero, zero])
             update = hlo.slice_in_dim(new["encoder_attention_mask"], row, row + 1, 0)            # [1, S_max]
             state["encoder_attention_mask"] = hlo.dynamic_update_slice(state["encoder_attention_mask"], update,
                                                                        [slot, zero])
         return state
 
     name = f"nllb_slot_encoder_b{shapes.batch_size}_k{rows}_s{source_len}_of{stored}_tp{shapes.parallel.tp}"
-    return hlo.build(name, spec, slot_encoder, aliases={name: name for name in STATE})
+    return hlo.build(name, spec, slot_encoder, aliases={name: name for name in state_names})

@@ -1,6 +1,6 @@
 """The slot reorder program: slot b of the self-attention cache becomes a copy of slot `index[b]` (beam search).
 
-Only the self-attention cache moves ([L, B, N_local, T, D], donated and updated in place): a request's beams share one
+Only the self-attention caches move (each layer's [B, N_local, T, D], donated and updated in place): a request's beams share one
 source, so their cross-attention K/V are equal already. Slots outside a beam request keep themselves (index[b] = b).
 """
 
@@ -11,15 +11,14 @@ from hlo.types import s32
 
 from nllb_neuronx.program_spec import ProgramShapes
 
-STATE = ("cache_k", "cache_v")
-
-
 def build_slot_reorder(shapes: ProgramShapes) -> hlo.Module:
-    b, cache = shapes.batch_size, shapes.cache_shape()
-    spec = hlo.ParamSpec(index=s32[b], cache_k=cache, cache_v=cache)
+    b, state = shapes.batch_size, shapes.cache_shapes()
+    spec = hlo.ParamSpec(index=s32[b])
+    for name, shape in state.items():
+        spec.add(name, shape)
 
     def slot_reorder(p: hlo.Params) -> dict[str, hlo.Value]:
-        return {name: hlo.take(p[name], p.index, axis=1) for name in STATE}                    # [L, B, N, T, D]
+        return {name: hlo.take(p[name], p.index, axis=0) for name in state}                    # [B, N, T, D]
 
     return hlo.build(f"nllb_slot_reorder_b{b}_tp{shapes.parallel.tp}", spec, slot_reorder,
-                     aliases={name: name for name in STATE})
+                     aliases={name: name for name in state})

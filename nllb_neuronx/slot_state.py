@@ -2,8 +2,8 @@
 
 State (on the device, updated in place by aliasing), B = the model's batch_size slots:
 
-    cache_k, cache_v          [L, B, N_local, T_max, D]    self-attention, row b written at slot b's own positions
-    cross_k, cross_v          [L, B, N_local, S_max, D]    cross-attention, stored at the largest source bucket
+    cache_k.<i>, cache_v.<i>  [B, N_local, T_max, D]    layer i's self-attention, row b at slot b's own positions
+    cross_k.<i>, cross_v.<i>  [B, N_local, S_max, D]    layer i's cross-attention, stored at the largest source bucket
     encoder_attention_mask    s32[B, S_max]
 
 `insert()` runs the slot encoder (`slot_encoder.py`) on up to B new sources at their length bucket and writes them
@@ -34,8 +34,7 @@ class SlotState:
 
     def reset(self) -> None:
         """Fresh zero state (after a failed device call, whose donated buffers may be gone)."""
-        shapes = {"cache_k": self.shapes.cache_shape(), "cache_v": self.shapes.cache_shape(),
-                  **slot_state_shapes(self.shapes)}
+        shapes = {**self.shapes.cache_shapes(), **slot_state_shapes(self.shapes)}
         self._tensors = {name: self.model.runtime.put(np.zeros(s.dims, s.dtype.numpy)) for name, s in shapes.items()}
 
     def _state(self) -> dict[str, object]:
@@ -56,9 +55,9 @@ class SlotState:
         mask = (ids != pad).astype(np.int32)
         state = self._state()
         self._tensors = None                                   # donated below: gone if the call fails
+        encoder_state = {name: state[name] for name in slot_state_shapes(self.shapes)}
         out = self.model.run_program(SlotEncoderKey(bucket, rows), input_ids=ids, attention_mask=mask, slots=index,
-                                     cross_k=state["cross_k"], cross_v=state["cross_v"],
-                                     encoder_attention_mask=state["encoder_attention_mask"])
+                                     **encoder_state)
         self._tensors = {**state, **out}
         return bucket
 
@@ -79,7 +78,7 @@ class SlotState:
         out = self.model.run_program(
             SlotStepKey(source_len, head, bucket), input_ids=tokens.astype(np.int32)[:, None],
             start=positions.astype(np.int32), active=active.astype(np.int32), **head_inputs, **state)
-        self._tensors = {**state, "cache_k": out["cache_k"], "cache_v": out["cache_v"]}
+        self._tensors = {**state, **{name: out[name] for name in self.shapes.cache_names()}}
         if head == "logits":
             return np.array(out["logits"].numpy(0)[: self.model.config.vocab_size].T, np.float32, order="C")
         if head == "beam":
@@ -90,6 +89,6 @@ class SlotState:
         """Slot b's self-attention cache becomes slot index[b]'s (index: [B], identity outside beam requests)."""
         state = self._state()
         self._tensors = None
-        out = self.model.run_program(SlotReorderKey(), index=index.astype(np.int32), cache_k=state["cache_k"],
-                                     cache_v=state["cache_v"])
+        caches = {name: state[name] for name in self.shapes.cache_names()}
+        out = self.model.run_program(SlotReorderKey(), index=index.astype(np.int32), **caches)
         self._tensors = {**state, **out}

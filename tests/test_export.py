@@ -58,11 +58,12 @@ def test_export_writes_every_program_and_a_manifest(tiny_checkpoint, tmp_path):
     decoder = programs["nllb_decoder_sample_k16_b2_p1_t8_s8_tp2"]
     inputs = [p["name"] for p in decoder["parameters"] if p["kind"] == "input"]
     assert inputs[:4] == ["input_ids", "start", "active", "encoder_attention_mask"] and "uniform" in inputs
-    cache = next(p for p in decoder["parameters"] if p["name"] == "cache_k")
-    assert cache["updated_by_output"] == "cache_k"
+    cache = next(p for p in decoder["parameters"] if p["name"] == "cache_k.0")
+    assert cache["updated_by_output"] == "cache_k.0"
     assert "input_output_alias" in (tmp_path / decoder["hlo_txt"]).read_text()
+    caches = [f"cache_{kv}.{i}" for kv in "kv" for i in range(hf.config.decoder_layers)]
     assert {o["name"]: o["aliases_parameter"] for o in decoder["outputs"]} == {
-        "cache_k": "cache_k", "cache_v": "cache_v", "next_token": None}
+        **{name: name for name in caches}, "next_token": None}
     shared = next(p for p in decoder["parameters"] if p["name"] == "shared.weight")
     assert shared["kind"] == "weight" and shared["shape"] == [hf.config.vocab_size // 2, hf.config.d_model]
 

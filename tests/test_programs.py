@@ -34,9 +34,12 @@ def test_save_compiles_exactly_the_listed_programs_and_generation_needs_no_other
     lockstep = 1 + 1 + 3 * 2 + 3                     # encoder, reorder, 1-token steps x 2 buckets x 3 heads, prefix x 3
     assert len(listed) == lockstep + 3 + 1 + 2       # slot encoders (1, 2, 3 rows), reorder, beam steps; the rest:
     #                                                  the decoder's
-    assert len({build().name for build in model.program_builders().values()}) == len(listed)  # one program each
+    names = {build().name for build in model.program_builders().values()}
+    # On XLA CPU every decoder reads all stored cache positions, so a program's two target buckets are one program:
+    # encoder, reorder, 3 one-token heads, 3 prefix heads, 3 slot encoders, slot reorder, beam step.
+    assert len(names) == (13 if model.programs.build_shapes.reads_stored_caches else len(listed))
     model.save(str(tmp_path))
-    assert len(list((tmp_path / "programs").iterdir())) == len(listed)
+    assert len(list((tmp_path / "programs").iterdir())) == len(names)
     compiled = model.runtime.compile_count
     ids, mask = source_batch(hf.config.vocab_size, lengths=(6, 3))
     never = hf.config.vocab_size + 1
