@@ -64,6 +64,9 @@ def parse_args(argv=None):
     p.add_argument("--tp", type=int, default=1, help="nllb_neuronx tensor-parallel degree")
     p.add_argument("--admit-batch", type=int, default=1,
                    help="the SlotEngine admits once this many slots are free (SlotEngine(admit_batch=...))")
+    p.add_argument("--admission", default="longest_first", choices=("fifo", "longest_first"),
+                   help="which queued line the SlotEngine admits next (SlotEngine(admission=...)); lockstep, CT2 and "
+                        "HF sort by length too")
     p.add_argument("--backend", default=None, help="nllb_neuronx backend (default: its own choice)")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="threads (cores) for every engine")
     p.add_argument("--seed", type=int, default=0, help="corpus seed")
@@ -304,6 +307,7 @@ def main(argv=None) -> int:
         base = {"checkpoint": checkpoint, "lines": done["lines"], "src_lang": SRC_LANG, "tgt_lang": TGT_LANG,
                 "max_new_tokens": args.max_new_tokens, "threads": args.threads, "tp": args.tp,
                 "backend": args.backend, "hf_lines": args.hf_lines, "admit_batch": args.admit_batch,
+                "admission": args.admission,
                 "encoder_buckets": buckets(max(lengths)),
                 "n_positions": buckets(args.max_new_tokens + 2, 64)}
         records = []

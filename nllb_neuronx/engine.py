@@ -11,7 +11,9 @@ A background thread runs the loop while there is work: between decode steps it a
 every active slot once (each at its own position), and retires a slot when its request produces EOS or reaches
 max_new_tokens, handing the result to its future at once. A new request's first step feeds the decoder start token
 at position 0; with a forced target-language token, that step's choice is replaced by it, as HF's forced-BOS logits
-processor does. Slot bookkeeping follows vLLM's scheduler: a free list, FIFO admission, retire then refill.
+processor does. Slot bookkeeping follows vLLM's scheduler: a free list, FIFO admission, retire then refill; or, with
+`admission="longest_first"`, the queued request with the longest source first (a corpus's long lines then start
+early instead of running alone at the end: the longest-processing-time-first rule for a batch of jobs).
 Beam search: a request's beams take `num_beams` slots (admitted when that many are free, in increasing slot order);
 while one is active the step runs the beam head (`beam_head.py`): the device takes log_softmax, the forced token,
 the running scores and each request's best 2 x num_beams continuations over all its beams, and returns only those
@@ -49,6 +51,7 @@ __all__ = ["EngineClosed", "EngineStats", "GenerationRequest", "QueueFull", "Sam
 
 log = logging.getLogger(__name__)
 READ_AHEAD_PER_SLOT = 64   # generate()'s default read-ahead: results are small, idle slots are not
+ADMISSIONS = ("fifo", "longest_first")
 
 
 @dataclass(eq=False)
@@ -83,15 +86,22 @@ class SlotEngine:
     """`admit_batch`: admit queued requests only once that many slots are free (or the queue holds fewer, or no slot
     is busy), so the slot encoder runs on sub-batches rather than one row at a time: an encoder call costs about as
     much for 2-4 rows as for one where it is bound by reading its weights, at the price of slots idling a few steps.
-    1 (the default) admits as soon as any slot frees."""
+    1 (the default) admits as soon as any slot frees.
 
-    def __init__(self, model, max_queue: int | None = None, admit_batch: int = 1):
+    `admission`: which queued request takes a free slot. "fifo" (the default): the oldest, as a server wants.
+    "longest_first": the one with the longest source (ties: the oldest), for translating a corpus: a long line
+    admitted last would run on alone while the other slots idle. A request can wait while longer ones keep
+    arriving, so use it where the input is bounded (`generate()`'s read-ahead window is)."""
+
+    def __init__(self, model, max_queue: int | None = None, admit_batch: int = 1, admission: str = "fifo"):
         if max_queue is not None and max_queue < 1:
             raise ValueError(f"max_queue must be a positive number of requests or None (no limit), got {max_queue}")
         if not isinstance(admit_batch, int) or not 1 <= admit_batch <= model.batch_size:
             raise ValueError(f"admit_batch must be an integer from 1 to the batch size {model.batch_size}, "
                              f"got {admit_batch!r}")
-        self._admit_batch = admit_batch
+        if admission not in ADMISSIONS:
+            raise ValueError(f"admission must be one of {ADMISSIONS}, got {admission!r}")
+        self._admit_batch, self._admission = admit_batch, admission
         self._state = SlotState(model)                 # checks that the model is on the device
         self._config, self._compile = model.config, model.compile_config
         self._max_queue = max_queue
@@ -134,6 +144,10 @@ class SlotEngine:
     @property
     def admit_batch(self) -> int:
         return self._admit_batch
+
+    @property
+    def admission(self) -> str:
+        return self._admission
 
     def stats(self) -> EngineStats:
         with self._cond:
@@ -229,9 +243,15 @@ class SlotEngine:
             if job is not None and job.future.cancelled():
                 self._slots[slot] = None
 
+    def _next_queued(self) -> _Job:
+        """The queued job the admission policy takes next."""
+        if self._admission == "fifo":
+            return self._queue[0]
+        return max(self._queue, key=lambda job: len(job.source))         # the first of the longest
+
     def _take_admissions(self) -> list[_Job]:
-        """Queued jobs for the free slots, first come first served (a request with beams waits for as many free
-        slots, and for the sampling requests to finish; a sampling request waits for the beam requests); their
+        """Queued jobs for the free slots in the admission policy's order (a request with beams waits for as many
+        free slots, and for the sampling requests to finish; a sampling request waits for the beam requests); their
         slots are taken."""
         free = [slot for slot, job in enumerate(self._slots) if job is None]
         active = [job for job in self._slots if job is not None]
@@ -239,12 +259,12 @@ class SlotEngine:
             return []
         beams, sampling = any(j.num_beams > 1 for j in active), any(j.sampling is not None for j in active)
         admitted = []
-        while self._queue and len(free) >= self._queue[0].num_beams:
-            head = self._queue[0]
-            if (head.num_beams > 1 and sampling) or (head.sampling is not None and beams):
+        while self._queue:
+            job = self._next_queued()
+            if len(free) < job.num_beams or (job.num_beams > 1 and sampling) or (job.sampling is not None and beams):
                 break
-            beams, sampling = beams or head.num_beams > 1, sampling or head.sampling is not None
-            job = self._queue.popleft()
+            beams, sampling = beams or job.num_beams > 1, sampling or job.sampling is not None
+            self._queue.remove(job)
             job.slots, free = free[: job.num_beams], free[job.num_beams:]
             for slot in job.slots:
                 self._slots[slot] = job

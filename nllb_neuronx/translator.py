@@ -109,10 +109,11 @@ class Translator:
     # ------------------------------------------------------------------------------------------------ engine
     def engine(self) -> SlotEngine:
         """The slot engine every engine-path call submits to (created on first use; the model must be on the
-        device)."""
+        device). It admits the longest queued line first: the input streams through a bounded read-ahead window,
+        and a long line admitted last would run on alone."""
         with self._engine_lock:
             if self._engine is None:
-                self._engine = SlotEngine(self.model)
+                self._engine = SlotEngine(self.model, admission="longest_first")
             return self._engine
 
     def close(self) -> None:

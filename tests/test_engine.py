@@ -124,6 +124,19 @@ def test_admit_batch_encodes_sub_batches_and_changes_no_line(model, tiny_checkpo
         SlotEngine(model, admit_batch=SLOTS + 1)
 
 
+def test_longest_first_admission_changes_no_line_and_keeps_the_order(model, tiny_checkpoint):
+    _, hf = tiny_checkpoint
+    requests = corpus(hf.config.vocab_size, lengths=[3, 5, 2, 6, 4, 9, 3, 7, 16, 14], seed=3)
+    with SlotEngine(model, admission="longest_first") as engine:
+        assert engine.admission == "longest_first"
+        results = [ids.tolist() for ids in engine.generate(requests)]
+        stats = engine.stats()
+    assert results == [hf_line(hf, r) for r in requests]
+    assert stats.useful_slot_steps == sum(len(ids) - 1 for ids in results)
+    with pytest.raises(ValueError, match="admission must be one of"):
+        SlotEngine(model, admission="shortest")
+
+
 def test_concurrent_submit_from_threads(engine, tiny_checkpoint):
     _, hf = tiny_checkpoint
     requests = corpus(hf.config.vocab_size, lengths=[4, 11, 2, 16, 7, 9, 3, 13, 6], seed=1)
