@@ -323,7 +323,8 @@ def main(argv=None) -> int:
                     record.update(status="skipped", note=skips[engine])
                 else:
                     job = {**base, "batch_size": batch, "warmup_indices": warmup,   # programs shared on disk
-                           "compiled_dir": str(cache_root / "compiled" / f"corpus-{args.shape}-b{batch}-tp{args.tp}"),
+                           "compiled_dir": str(cache_root / "compiled" / (f"corpus-{args.shape}-b{batch}-tp{args.tp}"
+                                                                          + ("-s8" if engine.endswith("-int8") else ""))),
                            "ct2_dir": str(shapes.ct2_dir(Path(checkpoint), engine[len("ct2-"):], cache_root))
                            if engine.startswith("ct2-") else None}
                     record.update(run_worker(engine, job, args, Path(tmp)))
