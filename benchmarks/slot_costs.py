@@ -6,9 +6,14 @@ A greedy decode step (one token per row, every row at `--position`) with the sel
 largest target bucket and the cross-attention K/V at the largest source bucket (the slot engine's layout), read:
 - self-attention at each target bucket (`t<T>`: the first T positions; the largest is the stored cache itself),
   cross-attention at `--src-len`;
-- cross-attention at the stored length (`t<T_max>_cross_stored`).
+- cross-attention at the stored length (`t<T_max>_cross_stored`), and stored (and read) at `--src-len` only
+  (`t<T_max>_cross_stored_at_s<S>`: what a lockstep batch of short lines reads).
 On XLA CPU a read shorter than the stored length is a slice, which is copied into a fresh buffer on every call;
 a whole parameter is read in place.
+
+With `--encoder-buckets`, also what admitting new requests costs: the slot encoder on k rows at each source bucket
+(`enc_k<k>_s<S>`: encode k sources and write their cross-attention K/V into k slots; k in the engine's sub-batch
+sizes), against the lockstep encoder on a whole batch (`lockstep_enc_s<S>`), each call waited for.
 
 Uses the random-weight checkpoint that `generate.py` caches (run it once with the same --shape first), or --model.
 """
@@ -22,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hlo.types import s32
 from nllb_neuronx.program_key import CustomProgramKey
 
 
@@ -35,45 +41,80 @@ def main(argv=None) -> int:
     parser.add_argument("--n-positions", default="64,128,256,512", help="target buckets; the cache holds the last")
     parser.add_argument("--position", type=int, default=20)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--encoder-buckets", default="", help="source buckets to time the encoders at (e.g. 32,128)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
 
     from nllb_neuronx import NLLBForSampling
     from nllb_neuronx.decoder import build_decoder
-    from nllb_neuronx.slot_encoder import slot_state_shapes
+    from nllb_neuronx.program_key import SlotEncoderKey
+    from nllb_neuronx.slot_encoder import insert_sizes, slot_state_shapes
 
     buckets = [int(t) for t in args.n_positions.split(",")]
+    encoder_buckets = [int(s) for s in args.encoder_buckets.split(",") if s]
     path = args.model or str(Path.home() / ".cache" / "nllb_neuronx" / "bench" / args.shape)
-    model = NLLBForSampling.from_pretrained(path, batch_size=args.batch_size, n_positions=buckets,
-                                            encoder_buckets=sorted({args.src_len, args.max_src_len})).to_neuron()
-    shapes, b, stored = model.shapes, args.batch_size, args.max_src_len
-    variants = {f"t{t}": (t, args.src_len) for t in buckets}
-    variants[f"t{buckets[-1]}_cross_stored"] = (buckets[-1], stored)
+    model = NLLBForSampling.from_pretrained(
+        path, batch_size=args.batch_size, n_positions=buckets,
+        encoder_buckets=sorted({args.src_len, args.max_src_len, *encoder_buckets})).to_neuron()
+    shapes, b = model.shapes, args.batch_size
+    stored = shapes.max_source_length
+    # name: (target positions read, source positions read, source positions stored)
+    variants = {f"t{t}": (t, args.src_len, stored) for t in buckets}
+    variants[f"t{buckets[-1]}_cross_stored"] = (buckets[-1], stored, stored)
+    variants[f"t{buckets[-1]}_cross_stored_at_s{args.src_len}"] = (buckets[-1], args.src_len, args.src_len)
     rng = np.random.default_rng(0)
-    state_shapes = {**shapes.cache_shapes(), **slot_state_shapes(shapes)}
-    state = {name: model.runtime.put((rng.standard_normal(s.dims) * 0.1).astype(s.dtype.numpy) if s.dtype.is_float
-                                     else np.ones(s.dims, s.dtype.numpy)) for name, s in state_shapes.items()}
+
+    def put_random(shapes_by_name: dict) -> dict:
+        return {name: model.runtime.put((rng.standard_normal(s.dims) * 0.1).astype(s.dtype.numpy) if s.dtype.is_float
+                                        else np.ones(s.dims, s.dtype.numpy)) for name, s in shapes_by_name.items()}
+
+    state = put_random({**shapes.cache_shapes(), **slot_state_shapes(shapes)})
+    short_cross = put_random({**shapes.cross_shapes(args.src_len),
+                              "encoder_attention_mask": s32[b, args.src_len]})        # cross stored at --src-len
     inputs = dict(input_ids=rng.integers(4, 1000, (b, 1)).astype(np.int32),
                   start=np.full(b, args.position, np.int32), active=np.ones(b, np.int32))
 
     def run(name: str) -> float:
         nonlocal state
-        bucket, source_len = variants[name]
-        key = CustomProgramKey(name, lambda: build_decoder(shapes, 1, bucket, source_len, "greedy", cross_len=stored))
+        bucket, source_len, cross_len = variants[name]
+        key = CustomProgramKey(name, lambda: build_decoder(shapes, 1, bucket, source_len, "greedy",
+                                                           cross_len=cross_len))
         begin = time.perf_counter()
-        out = model.run_program(key, **inputs, **state)
+        out = model.run_program(key, **inputs, **{**state, **(short_cross if cross_len != stored else {})})
         out["next_token"].numpy(0)
         state = {**state, **{n: out[n] for n in shapes.cache_names()}}
         return time.perf_counter() - begin
 
-    for name in variants:                                   # compile and warm up
-        run(name), run(name)
-    times = {name: [] for name in variants}
+    def encode_slots(rows: int, source_len: int) -> float:
+        nonlocal state
+        ids = rng.integers(4, 1000, (rows, source_len)).astype(np.int32)
+        begin = time.perf_counter()
+        out = model.run_program(SlotEncoderKey(source_len, rows), input_ids=ids, attention_mask=np.ones_like(ids),
+                                slots=np.arange(rows, dtype=np.int32),
+                                **{n: state[n] for n in slot_state_shapes(shapes)})
+        out["encoder_attention_mask"].wait()
+        state = {**state, **out}
+        return time.perf_counter() - begin
+
+    def encode_batch(source_len: int) -> float:
+        ids = rng.integers(4, 1000, (b, source_len)).astype(np.int32)
+        begin = time.perf_counter()
+        model.encode(ids, np.ones_like(ids))
+        model.wait()
+        return time.perf_counter() - begin
+
+    calls = {name: (lambda name=name: run(name)) for name in variants}
+    for s in encoder_buckets:
+        calls.update({f"enc_k{k}_s{s}": (lambda k=k, s=s: encode_slots(k, s)) for k in insert_sizes(b)})
+        calls[f"lockstep_enc_s{s}"] = lambda s=s: encode_batch(s)
+    for call in calls.values():                             # compile and warm up
+        call(), call()
+    times = {name: [] for name in calls}
     for _ in range(args.steps):
-        for name in variants:
-            times[name].append(run(name) * 1e3)
+        for name, call in calls.items():
+            times[name].append(call() * 1e3)
     record = {"shape": args.shape, "batch_size": b, "n_positions": buckets, "src_len": args.src_len,
-              "stored_source": stored, "steps": args.steps,
+              "stored_source": stored, "steps": args.steps, "encoder_buckets": encoder_buckets,
               **{f"{n}_ms_p50": round(float(np.median(v)), 2) for n, v in times.items()},
               **{f"{n}_ms_p10": round(float(np.percentile(v, 10)), 2) for n, v in times.items()}}
     print(json.dumps(record))

@@ -221,6 +221,8 @@ class SlotEngine:
             try:
                 started = time.perf_counter()
                 encoder_calls = self._admit(admitted)
+                if encoder_calls:
+                    self._state.wait()        # so encoder_seconds is the encoder's time, not its dispatch's
                 encoded = time.perf_counter()
                 stepped = self._busy()
                 if stepped:

@@ -83,7 +83,7 @@ class EngineStats:
     useful_slot_steps: int
     slot_steps: int
     encoder_calls: int = 0          # device calls that encoded new requests into slots
-    encoder_seconds: float = 0.0    # wall time in those calls
+    encoder_seconds: float = 0.0    # wall time in those calls, waited for
     steps: int = 0                  # decode steps (one device call each)
     step_seconds: float = 0.0       # wall time in them, the host's bookkeeping of each step included
 

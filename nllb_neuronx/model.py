@@ -205,9 +205,7 @@ class NLLBForSampling:
     def wait(self) -> None:
         """Block until the device has finished the work queued so far (programs run asynchronously): for timings."""
         for tensor in self._state.device_tensors():
-            # TODO: DeviceTensor.wait() once hlo.runtime has it; jax arrays block here, others are read back
-            block = getattr(tensor.array, "block_until_ready", None)
-            block() if block else tensor.numpy(0)
+            tensor.wait()
 
     @_exclusive
     def reorder(self, indices) -> None:

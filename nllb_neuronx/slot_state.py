@@ -61,6 +61,11 @@ class SlotState:
         self._tensors = {**state, **out}
         return bucket
 
+    def wait(self) -> None:
+        """Block until the programs queued so far have finished (they run asynchronously): for timings."""
+        for tensor in self._state().values():
+            tensor.wait()
+
     def step(self, tokens: np.ndarray, positions: np.ndarray, active: np.ndarray, source_len: int,
              head: str = "greedy", **head_inputs) -> np.ndarray | dict[str, np.ndarray]:
         """Feed tokens[b] at positions[b] to every slot. Returns the greedy next token of each slot (-1 where not

@@ -54,6 +54,11 @@ class DeviceTensor:
     def per_rank(self) -> list[np.ndarray]:
         return [self.numpy(r) for r in range(self.runtime.tp_degree)]
 
+    def wait(self) -> None:
+        """Block until the program that produces this tensor has finished (programs run asynchronously)."""
+        self._check_alive()
+        self.runtime.wait(self)
+
     @property
     def deleted(self) -> bool:
         return self.runtime.is_deleted(self)
@@ -248,3 +253,8 @@ class Runtime:
 
     def is_deleted(self, tensor: DeviceTensor) -> bool:
         raise NotImplementedError
+
+    def wait(self, tensor: DeviceTensor) -> None:
+        """Block until `tensor` is computed. This default reads rank 0 back, which waits on any runtime; a runtime
+        that can wait without the copy overrides it."""
+        self.read(tensor, 0)

@@ -149,6 +149,9 @@ class NeuronRuntime(Runtime):
     def is_deleted(self, tensor: DeviceTensor) -> bool:
         return self._impl.is_deleted(tensor)
 
+    def wait(self, tensor: DeviceTensor) -> None:
+        self._impl.wait(tensor)
+
     @property
     def compile_count(self) -> int:
         return self._impl.compile_count

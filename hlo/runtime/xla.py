@@ -212,3 +212,6 @@ class XlaRuntime(Runtime):
 
     def is_deleted(self, tensor: DeviceTensor) -> bool:
         return tensor.array.is_deleted()
+
+    def wait(self, tensor: DeviceTensor) -> None:
+        tensor.array.block_until_ready()

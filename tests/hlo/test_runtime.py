@@ -144,8 +144,12 @@ def test_aliased_cache_updated_in_place_over_calls(runtimes, tp):
             np.testing.assert_array_equal(cache.numpy(r), host[r])
             np.testing.assert_array_equal(out["total"].numpy(r), host[r].sum())
     assert not cache.deleted
+    cache.wait()                                  # blocks until computed; the tensor stays usable
+    np.testing.assert_array_equal(cache.numpy(0)[1], np.full(3, 2, np.float32))
     for old in donated:
         assert old.deleted
+        with pytest.raises(RuntimeError, match="donated"):
+            old.wait()
         with pytest.raises(RuntimeError, match="donated"):
             old.numpy()
         with pytest.raises(RuntimeError, match="donated"):
