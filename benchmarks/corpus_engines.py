@@ -122,7 +122,7 @@ def run_slot_engine(job: dict, log, quantization: str | None = None) -> dict:
     engine.close()
     occupancy = (last.useful_slot_steps - first.useful_slot_steps) / max(1, last.slot_steps - first.slot_steps)
     spent = {k: getattr(last, k) - getattr(first, k) for k in ("encoder_calls", "encoder_seconds", "steps",
-                                                                "step_seconds")}
+                                                                "step_seconds", "resizes")}
     amp = "f32" if quantization is None else "s8 weights (linears + LM head), f32 activations"
     return {**result, "load_s": load_s, "compile_s": compile_s, "backend": model.runtime.backend, "amp": amp,
             "slot_occupancy": occupancy, "programs_compiled": model.runtime.compile_count - compiles,

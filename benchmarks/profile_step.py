@@ -103,9 +103,8 @@ def build_projections(shapes: ProgramShapes) -> hlo.Module:
 def build_attention(shapes: ProgramShapes, bucket: int, source_len: int) -> hlo.Module:
     m, b, par = shapes.model, shapes.batch_size, shapes.parallel
     n, d = par.heads_local, par.head_dim
-    if shapes.reads_stored_caches:                    # as the decoder reads them on this backend
-        bucket = shapes.compile.max_target_length
-    state = {**shapes.cache_shapes(), **shapes.cross_shapes(source_len)}
+    cache_len, _ = shapes.stored_lengths(bucket, source_len)     # as the decoder stores them on this backend
+    state = {**shapes.cache_shapes(cache_len), **shapes.cross_shapes(source_len)}
     spec = hlo.ParamSpec(x=f32[n * d, b], start=s32[b], encoder_attention_mask=s32[b, source_len])
     for name, shape in state.items():
         spec.add(name, shape)

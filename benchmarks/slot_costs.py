@@ -2,12 +2,13 @@
 
     python benchmarks/slot_costs.py --batch-size 8 [--n-positions 64,128,256,512] [--steps 20] [--json FILE]
 
-A greedy decode step (one token per row, every row at `--position`) with the self-attention caches stored at the
-largest target bucket and the cross-attention K/V at the largest source bucket (the slot engine's layout), read:
-- self-attention at each target bucket (`t<T>`: the first T positions; the largest is the stored cache itself),
-  cross-attention at `--src-len`;
-- cross-attention at the stored length (`t<T_max>_cross_stored`), and stored (and read) at `--src-len` only
-  (`t<T_max>_cross_stored_at_s<S>`: what a lockstep batch of short lines reads).
+A greedy decode step (one token per row, every row at `--position`):
+- with the self-attention caches stored at the largest target bucket and the cross-attention K/V at the largest
+  source bucket (`--max-src-len`), read at each target bucket (`t<T>`: the first T positions; the largest is the
+  stored cache itself) and cross-attention at `--src-len` (how other backends read buckets of one stored size);
+- the same, cross-attention read at the stored length (`t<T_max>_cross_stored`);
+- with the caches stored at each target bucket and the cross-attention K/V at `--src-len`, read whole
+  (`t<T>_stored_at_s<S>`: how XLA CPU stores a state only as long as its rows need, `ProgramShapes.stored_lengths`).
 On XLA CPU a read shorter than the stored length is a slice, which is copied into a fresh buffer on every call;
 a whole parameter is read in place.
 
@@ -58,31 +59,33 @@ def main(argv=None) -> int:
         encoder_buckets=sorted({args.src_len, args.max_src_len, *encoder_buckets})).to_neuron()
     shapes, b = model.shapes, args.batch_size
     stored = shapes.max_source_length
-    # name: (target positions read, source positions read, source positions stored)
-    variants = {f"t{t}": (t, args.src_len, stored) for t in buckets}
-    variants[f"t{buckets[-1]}_cross_stored"] = (buckets[-1], stored, stored)
-    variants[f"t{buckets[-1]}_cross_stored_at_s{args.src_len}"] = (buckets[-1], args.src_len, args.src_len)
+    t_max = buckets[-1]
+    # name: (target positions read, source positions read, target positions stored, source positions stored)
+    variants = {f"t{t}": (t, args.src_len, t_max, stored) for t in buckets}
+    variants[f"t{t_max}_cross_stored"] = (t_max, stored, t_max, stored)
+    variants.update({f"t{t}_stored_at_s{args.src_len}": (t, args.src_len, t, args.src_len) for t in buckets})
     rng = np.random.default_rng(0)
 
     def put_random(shapes_by_name: dict) -> dict:
         return {name: model.runtime.put((rng.standard_normal(s.dims) * 0.1).astype(s.dtype.numpy) if s.dtype.is_float
                                         else np.ones(s.dims, s.dtype.numpy)) for name, s in shapes_by_name.items()}
 
-    state = put_random({**shapes.cache_shapes(), **slot_state_shapes(shapes)})
+    state = put_random(slot_state_shapes(shapes))                                     # cross stored at S_max
     short_cross = put_random({**shapes.cross_shapes(args.src_len),
                               "encoder_attention_mask": s32[b, args.src_len]})        # cross stored at --src-len
+    caches = {t: put_random(shapes.cache_shapes(t)) for t in buckets}                   # caches stored at each T
     inputs = dict(input_ids=rng.integers(4, 1000, (b, 1)).astype(np.int32),
                   start=np.full(b, args.position, np.int32), active=np.ones(b, np.int32))
 
     def run(name: str) -> float:
-        nonlocal state
-        bucket, source_len, cross_len = variants[name]
+        bucket, source_len, cache_len, cross_len = variants[name]
         key = CustomProgramKey(name, lambda: build_decoder(shapes, 1, bucket, source_len, "greedy",
-                                                           cross_len=cross_len))
+                                                           cross_len=cross_len, cache_len=cache_len))
         begin = time.perf_counter()
-        out = model.run_program(key, **inputs, **{**state, **(short_cross if cross_len != stored else {})})
+        cross = state if cross_len == stored else short_cross
+        out = model.run_program(key, **inputs, **cross, **caches[cache_len])
         out["next_token"].numpy(0)
-        state = {**state, **{n: out[n] for n in shapes.cache_names()}}
+        caches[cache_len] = {n: out[n] for n in shapes.cache_names()}
         return time.perf_counter() - begin
 
     def encode_slots(rows: int, source_len: int) -> float:

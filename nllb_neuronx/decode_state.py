@@ -3,8 +3,11 @@ the calls that move it on (encode, decode a step, choose the next tokens, reorde
 
 State on the device, updated in place by aliasing (B = batch_size, S = the batch's encoder bucket):
 
-    cache_k.<i>, cache_v.<i>  [B, N_local, T_max, D]     self-attention of layer i, every row at the same position
-    cross_k.<i>, cross_v.<i>  [B, N_local, S, D]         cross-attention K/V of the encoded rows
+    cache_k.<i>, cache_v.<i>  [B, N_local, T, D]     self-attention of layer i, every row at the same position
+    cross_k.<i>, cross_v.<i>  [B, N_local, S, D]     cross-attention K/V of the encoded rows
+
+T is the largest target bucket, or on XLA CPU (where a decoder reads every stored position) the bucket of the
+current position: the caches grow a bucket at a time (`resize.py`) and start small again at reset.
 
 A program that takes the caches donates them: if its result never arrives (an error, an interrupt), `recover()`
 forgets what was lost, so the next encode() or sample() starts from fresh caches. Not thread-safe: its owner
@@ -18,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from nllb_neuronx.program_key import DecoderKey, EncoderKey, ReorderKey, Sampling
+from nllb_neuronx.program_key import DecoderKey, EncoderKey, ReorderKey, ResizeKey, Sampling
 from nllb_neuronx.programs import ProgramRegistry
 from nllb_neuronx.sampling import head_inputs
 
@@ -54,14 +57,35 @@ class DecodeState:
             raise RuntimeError("call encode() (or sample()) first")
         return self.source
 
+    @property
+    def cache_length(self) -> int:
+        """The target positions the caches are stored at now (0: no caches)."""
+        return next(iter(self.caches.values())).shape.dims[2] if self.caches else 0
+
     def reset(self) -> None:
         """Forget the target side: the next decode starts at position 0 (the source stays encoded)."""
         self.programs.require_runtime()
-        if not self.caches or any(t.deleted for t in self.caches.values()):
-            zeros = np.zeros(self.shapes.cache_shape().dims, self.shapes.dtype.numpy)
-            put = self.programs.runtime.put
-            self.caches = {name: put(zeros) for name in self.shapes.cache_names()}
+        smallest, _ = self.programs.build_shapes.stored_lengths(self.compile_config.n_positions[0], 0)
+        if self.cache_length != smallest or any(t.deleted for t in self.caches.values()):
+            self._fresh_caches(smallest)
         self.position = 0
+
+    def _fresh_caches(self, target_len: int) -> None:
+        zeros = np.zeros(self.shapes.cache_shape(target_len).dims, self.shapes.dtype.numpy)
+        put = self.programs.runtime.put
+        self.caches = {name: put(zeros) for name in self.shapes.cache_names()}
+
+    def _store_caches_at(self, bucket: int) -> None:
+        """Caches that hold target bucket `bucket` as `stored_lengths` says (grown with their contents kept)."""
+        wanted, _ = self.programs.build_shapes.stored_lengths(bucket, 0)
+        have = self.cache_length
+        if have == wanted:
+            return
+        if self.position == 0:
+            self._fresh_caches(wanted)
+            return
+        out = self.programs.run(ResizeKey("target", have, wanted), **self.caches)
+        self.caches = {name: out[name] for name in self.caches}
 
     def encode(self, input_ids, attention_mask=None) -> None:
         """Encode a batch of at most `batch_size` rows at the smallest bucket that holds it; resets the target side."""
@@ -106,6 +130,7 @@ class DecodeState:
         bucket = self.compile_config.decoder_bucket(end)
         padded = np.full((self.batch_size, new), self.config.pad_token_id, np.int32)
         padded[: source.rows] = tokens
+        self._store_caches_at(bucket)
         out = self.programs.run(DecoderKey(source.source_len, head, new, bucket, steps), input_ids=padded,
                                 start=np.full(self.batch_size, self.position, np.int32),
                                 active=(np.arange(self.batch_size) < source.rows).astype(np.int32),
@@ -168,7 +193,8 @@ class DecodeState:
             raise ValueError(f"reorder indices must lie in [0, {source.rows}), got {index.tolist()}")
         full = np.arange(self.batch_size, dtype=np.int32)  # rows past the used ones keep themselves
         full[: index.size] = index
-        out = self.programs.run(ReorderKey(source.source_len), index=full, **source.cross, **self.caches)
+        out = self.programs.run(ReorderKey(source.source_len, self.cache_length), index=full, **source.cross,
+                                **self.caches)
         self.caches = {name: out[name] for name in self.caches}
         source.cross = {name: out[name] for name in source.cross}
         source.encoder_attention_mask = source.encoder_attention_mask[full]

@@ -8,13 +8,14 @@ start for every row; the slot engine (`engine.py`) passes each slot's own. `acti
 the rows whose token matters: an inactive row's token comes back as -1.
 
 The layers run features first (`decoder_layer.py` says why): hidden states [H, P*B]. Each layer's self-attention
-cache (`cache_k.<i>`, `cache_v.<i>`: [B, N_local, T_max, D]) is its own parameter, updated in place (aliased);
-attention reads its first T positions, so moving to a larger bucket keeps the cache. Cross-attention K/V
-(`cross_k.<i>`, `cross_v.<i>`) are stored at `cross_len` source positions ([B, N_local, S_stored, D], with the source
-mask [B, S_stored]) and read at their first `source_len`: the lockstep path stores exactly its encoder bucket, the
-slot engine stores the largest bucket. Where T or `source_len` is the stored length, attention reads the parameter
-itself; a shorter read is a slice, which XLA CPU copies: there every program reads all stored positions, masked
-(`ProgramShapes.reads_stored_caches`), so the programs of different buckets are one program (one HLO hash).
+cache (`cache_k.<i>`, `cache_v.<i>`: [B, N_local, T_stored, D], `cache_len` positions, by default T_max) is its own
+parameter, updated in place (aliased); attention reads its first T positions, so moving to a larger bucket keeps the
+cache. Cross-attention K/V (`cross_k.<i>`, `cross_v.<i>`) are stored at `cross_len` source positions ([B, N_local,
+S_stored, D], with the source mask [B, S_stored]) and read at their first `source_len`: the lockstep path stores
+exactly its encoder bucket; the slot engine stores what `ProgramShapes.stored_lengths` says. Where T or `source_len`
+is the stored length, attention reads the parameter itself; a shorter read is a slice, which XLA CPU copies: there
+every program reads all stored positions, masked (`ProgramShapes.reads_stored_caches`), and the states are stored
+only as long as their rows need (`ProgramShapes.stored_lengths`, `resize.py`).
 The head is either "logits" (all-gathered [V_padded, B] for the last new token: vocab first, the LM head's natural
 result), "greedy" (the argmax token id [B], chosen on the device), "sample" (a token id [B] drawn on the device
 among the `max_top_k` most likely), or "beam" (a beam-search step's candidates, [B, K], and the greedy token);
@@ -39,8 +40,9 @@ from nllb_neuronx.program_spec import ProgramShapes, layer_name, weight_params
 
 
 def build_decoder(shapes: ProgramShapes, new_tokens: int, bucket: int, source_len: int, head: str,
-                  cross_len: int | None = None, steps: int = 1) -> hlo.Module:
+                  cross_len: int | None = None, steps: int = 1, cache_len: int | None = None) -> hlo.Module:
     """`cross_len`: source positions the cross-attention K/V and mask are stored at (default `source_len`).
+    `cache_len`: target positions the self-attention caches are stored at (default the largest target bucket).
     `steps`: greedy decode steps unrolled into the program (only with head "greedy" and one new token)."""
     if head not in HEADS:
         raise ValueError(f"decoder head must be one of {HEADS}, got {head!r}")
@@ -48,14 +50,16 @@ def build_decoder(shapes: ProgramShapes, new_tokens: int, bucket: int, source_le
         raise ValueError(f"steps must be 1, or more with the greedy head and one new token; got steps={steps!r}, "
                          f"head {head!r}, new_tokens {new_tokens}")
     cross_len = source_len if cross_len is None else cross_len
-    if cross_len < source_len:
-        raise ValueError(f"cross_len {cross_len} must hold source_len {source_len}")
+    cache_len = cache_len or shapes.compile.max_target_length
+    if cross_len < source_len or cache_len < bucket:
+        raise ValueError(f"cross_len {cross_len} must hold source_len {source_len}, cache_len {cache_len} the "
+                         f"target bucket {bucket}")
     if shapes.reads_stored_caches:  # XLA CPU: every stored position, masked (a shorter read is a copy there)
-        bucket, source_len = shapes.compile.max_target_length, cross_len
+        bucket, source_len = cache_len, cross_len
     m, b, par, p_len = shapes.model, shapes.batch_size, shapes.parallel, new_tokens
     spec = hlo.ParamSpec(input_ids=s32[b, p_len], start=s32[b], active=s32[b],
                          encoder_attention_mask=s32[b, cross_len], positions=shapes.positions_shape)
-    for name, shape in {**shapes.cache_shapes(), **shapes.cross_shapes(cross_len)}.items():
+    for name, shape in {**shapes.cache_shapes(cache_len), **shapes.cross_shapes(cross_len)}.items():
         spec.add(name, shape)
     cache_names = shapes.cache_names()
     if head == "sample":
@@ -123,6 +127,7 @@ def build_decoder(shapes: ProgramShapes, new_tokens: int, bucket: int, source_le
     label = {"sample": f"sample_k{shapes.compile.max_top_k}",
              "beam": f"beam_k{beam_head.candidates_for(b)}"}.get(head, head)
     stored = f"_of{cross_len}" if cross_len != source_len else ""
+    stored += f"_cache{cache_len}" if cache_len != shapes.compile.max_target_length else ""
     unrolled = f"_x{steps}" if steps > 1 else ""
     name = f"nllb_decoder_{label}_b{b}_p{p_len}_t{bucket}_s{source_len}{stored}{unrolled}_tp{par.tp}"
     return hlo.build(name, spec, decoder, aliases={n: n for n in cache_names})

@@ -153,7 +153,7 @@ class SlotEngine:
         with self._cond:
             return EngineStats(slots=len(self._slots), active_slots=sum(job is not None for job in self._slots),
                                queue_depth=len(self._queue), useful_slot_steps=self._useful_slot_steps,
-                               slot_steps=self._slot_steps, **self._time)
+                               slot_steps=self._slot_steps, resizes=self._state.resizes, **self._time)
 
     def close(self, drain: bool = True) -> None:
         """Stop accepting requests; finish the queued and active ones (`drain`), or cancel them. Waits for the loop."""

@@ -86,6 +86,7 @@ class EngineStats:
     encoder_seconds: float = 0.0    # wall time in those calls, waited for
     steps: int = 0                  # decode steps (one device call each)
     step_seconds: float = 0.0       # wall time in them, the host's bookkeeping of each step included
+    resizes: int = 0                # calls that resized the state to what its active slots need (XLA CPU)
 
     @property
     def occupancy(self) -> float:

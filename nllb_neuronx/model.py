@@ -146,8 +146,8 @@ class NLLBForSampling:
     def program_builders(self) -> dict[ProgramKey, Callable[[], hlo.Module]]:
         """Every program generation can run with this model's shape, the slot engine's included (`programs.py`
         says which): key -> builder (`key.build(shapes)`, with the model's shapes for the backend it runs on, once
-        `to_neuron()` chose it). On XLA CPU the decoder programs of different buckets build one program
-        (`ProgramShapes.reads_stored_caches`)."""
+        `to_neuron()` chose it: on XLA CPU the states are stored at what their rows need, `ProgramShapes.
+        stored_lengths`, which adds resize programs)."""
         shapes = self.programs.build_shapes
         return {key: functools.partial(key.build, shapes) for key in self.programs.every_program()}
 
@@ -200,6 +200,12 @@ class NLLBForSampling:
     def position(self) -> int:
         """Target tokens already in the cache."""
         return self._state.position
+
+    @property
+    def cache_length(self) -> int:
+        """Target positions the self-attention caches are stored at now: the largest target bucket, or on XLA CPU
+        the bucket of the position reached (`ProgramShapes.stored_lengths`)."""
+        return self._state.cache_length
 
     @_exclusive
     def wait(self) -> None:

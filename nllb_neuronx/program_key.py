@@ -14,6 +14,7 @@ from nllb_neuronx.program_spec import ProgramShapes
 from nllb_neuronx.reorder import build_reorder
 from nllb_neuronx.slot_encoder import build_slot_encoder
 from nllb_neuronx.slot_reorder import build_slot_reorder
+from nllb_neuronx.resize import build_resize
 from nllb_neuronx.sampling import SamplingParams
 
 
@@ -22,7 +23,7 @@ class ProgramKey:
     """One program of a model's shape; the base of the key family. A key names a program within one model (the batch
     size, tp, amp and the model come from `ProgramShapes`) and builds it: `key.build(shapes)` -> `hlo.Module`. `kind`
     says which program: the lockstep path's "encoder", "reorder", "decoder", the slot engine's "slot_encoder",
-    "slot_step", "slot_reorder"."""
+    "slot_step", "slot_reorder", and "resize" (both)."""
 
     kind: ClassVar[str] = ""
     quantized: bool = field(default=False, kw_only=True)  # int8 weights (the model's `CompileConfig.quantization`)
@@ -49,13 +50,20 @@ class EncoderKey(ProgramKey):
 
 @dataclass(frozen=True)
 class ReorderKey(ProgramKey):
-    """The lockstep reorder of a source bucket: batch rows of the caches and cross K/V gathered (beam search)."""
+    """The lockstep reorder of a source bucket: batch rows of the caches and cross K/V gathered (beam search), the
+    caches stored at `target_len` positions (0: the largest bucket)."""
 
     kind: ClassVar[str] = "reorder"
     source_len: int
+    target_len: int = 0
 
     def build(self, shapes: ProgramShapes) -> hlo.Module:
-        return build_reorder(shapes, self.source_len)
+        return build_reorder(shapes, self.source_len, self.target_len or None)
+
+    def canonical(self, shapes: ProgramShapes) -> ProgramKey:
+        stored = self.target_len or shapes.compile.max_target_length
+        key = self if stored == self.target_len else replace(self, target_len=stored)
+        return super(ReorderKey, key).canonical(shapes)
 
 
 @dataclass(frozen=True)
@@ -72,27 +80,34 @@ class DecoderKey(ProgramKey):
     steps: int = 1
 
     def build(self, shapes: ProgramShapes) -> hlo.Module:
+        cache_len, _ = shapes.stored_lengths(self.target_len, self.source_len)
         return build_decoder(shapes, self.new_tokens, self.target_len, self.source_len, self.head,
-                             steps=self.steps)
+                             steps=self.steps, cache_len=cache_len)
 
 
 @dataclass(frozen=True)
 class SlotEncoderKey(ProgramKey):
     """The slot engine's encoder: `rows` new requests (a sub-batch padded up to this) at a source bucket, written into
-    chosen slots."""
+    chosen slots of the state stored at `stored_len` source positions (0: the largest bucket)."""
 
     kind: ClassVar[str] = "slot_encoder"
     source_len: int
     rows: int
+    stored_len: int = 0
 
     def build(self, shapes: ProgramShapes) -> hlo.Module:
-        return build_slot_encoder(shapes, self.rows, self.source_len)
+        return build_slot_encoder(shapes, self.rows, self.source_len, self.stored_len or None)
+
+    def canonical(self, shapes: ProgramShapes) -> ProgramKey:
+        stored = self.stored_len or shapes.max_source_length
+        key = self if stored == self.stored_len else replace(self, stored_len=stored)
+        return super(SlotEncoderKey, key).canonical(shapes)
 
 
 @dataclass(frozen=True)
 class SlotStepKey(ProgramKey):
     """The slot engine's decode step: one token per slot, each at its own position, reading `target_len` cache
-    positions and `source_len` of the cross K/V stored at the largest source bucket."""
+    positions and `source_len` of the cross K/V, from the state stored at `shapes.stored_lengths` of them."""
 
     kind: ClassVar[str] = "slot_step"
     source_len: int
@@ -100,12 +115,13 @@ class SlotStepKey(ProgramKey):
     target_len: int
 
     def build(self, shapes: ProgramShapes) -> hlo.Module:
-        return build_decoder(shapes, 1, self.target_len, self.source_len, self.head,
-                             cross_len=shapes.max_source_length)
+        cache_len, cross_len = shapes.stored_lengths(self.target_len, self.source_len)
+        return build_decoder(shapes, 1, self.target_len, self.source_len, self.head, cross_len=cross_len,
+                             cache_len=cache_len)
 
     def canonical(self, shapes: ProgramShapes) -> ProgramKey:
-        """At the largest source bucket the slot step reads all of the stored cross K/V: the lockstep decoder's
-        one-token program of that bucket, the same HLO, listed once."""
+        """At the largest source bucket the slot step reads all of the stored cross K/V and its caches are stored as
+        the lockstep path's: the lockstep decoder's one-token program of that bucket, the same HLO, listed once."""
         if self.source_len == shapes.max_source_length:
             return DecoderKey(self.source_len, self.head, 1, self.target_len, quantized=shapes.quantized)
         return super().canonical(shapes)
@@ -113,12 +129,33 @@ class SlotStepKey(ProgramKey):
 
 @dataclass(frozen=True)
 class SlotReorderKey(ProgramKey):
-    """The slot engine's reorder of the self-attention cache between slots (beam search)."""
+    """The slot engine's reorder of the self-attention cache between slots (beam search), the caches stored at
+    `target_len` positions (0: the largest bucket)."""
 
     kind: ClassVar[str] = "slot_reorder"
+    target_len: int = 0
 
     def build(self, shapes: ProgramShapes) -> hlo.Module:
-        return build_slot_reorder(shapes)
+        return build_slot_reorder(shapes, self.target_len or None)
+
+    def canonical(self, shapes: ProgramShapes) -> ProgramKey:
+        stored = self.target_len or shapes.compile.max_target_length
+        key = self if stored == self.target_len else replace(self, target_len=stored)
+        return super(SlotReorderKey, key).canonical(shapes)
+
+
+@dataclass(frozen=True)
+class ResizeKey(ProgramKey):
+    """A decode state moved from `from_len` to `to_len` stored positions on one side: "target" (the self-attention
+    caches, lockstep or slots) or "source" (the slot engine's cross-attention K/V and source mask); `resize.py`."""
+
+    kind: ClassVar[str] = "resize"
+    side: str
+    from_len: int
+    to_len: int
+
+    def build(self, shapes: ProgramShapes) -> hlo.Module:
+        return build_resize(shapes, self.side, self.from_len, self.to_len)
 
 
 @dataclass(frozen=True)

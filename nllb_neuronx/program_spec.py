@@ -68,6 +68,24 @@ class ProgramShapes:
         reading all of both 104 ms. Other backends read their buckets (a slice is an access pattern on Neuron)."""
         return self.compile.backend == "xla-cpu"
 
+    def stored_lengths(self, target_len: int, source_len: int) -> tuple[int, int]:
+        """The (target, source) positions a decode state stores while its steps read the first `target_len` target
+        and `source_len` source positions: the same where a decoder reads every stored position (XLA CPU: the
+        lockstep caches grow with the batch's position, the slot engine's state follows its active slots, both by
+        `resize.py`, so a step reads no more than it needs); elsewhere the largest buckets, one size for good (a step
+        reads its buckets of it). The lockstep path stores cross-attention K/V at its own bucket everywhere."""
+        if self.reads_stored_caches:
+            return target_len, source_len
+        return self.compile.max_target_length, self.max_source_length
+
+    def state_target_lengths(self) -> tuple[int, ...]:
+        """Every target length a decode state's caches may be stored at (`stored_lengths`)."""
+        return tuple(self.compile.n_positions) if self.reads_stored_caches else (self.compile.max_target_length,)
+
+    def state_source_lengths(self) -> tuple[int, ...]:
+        """Every source length the slot engine's state may be stored at (`stored_lengths`)."""
+        return tuple(self.compile.encoder_buckets) if self.reads_stored_caches else (self.max_source_length,)
+
     @property
     def dtype(self):
         return dtype_of(self.compile.amp)
@@ -91,10 +109,11 @@ class ProgramShapes:
         """The largest encoder bucket: the source length the slot engine stores every slot's cross K/V at."""
         return self.compile.encoder_buckets[-1]
 
-    def cache_shape(self) -> Shape:
-        """One decoder layer's self-attention cache, keys or values: [B, N_local, T_max, D]."""
-        m = self.model
-        return self.dtype[self.batch_size, self.layout.heads_local, self.compile.max_target_length, m.head_dim]
+    def cache_shape(self, target_len: int | None = None) -> Shape:
+        """One decoder layer's self-attention cache, keys or values: [B, N_local, T, D], T = `target_len` stored
+        positions (default T_max, the largest target bucket)."""
+        m, t = self.model, target_len or self.compile.max_target_length
+        return self.dtype[self.batch_size, self.layout.heads_local, t, m.head_dim]
 
     def cross_shape(self, source_len: int) -> Shape:
         """One decoder layer's cross-attention keys or values: [B, N_local, S, D]."""
@@ -109,9 +128,9 @@ class ProgramShapes:
         """The cross-attention K/V parameter names, keys then values, one per decoder layer."""
         return layer_names(CROSS_CACHE, self.model.decoder_layers)
 
-    def cache_shapes(self) -> dict[str, Shape]:
-        """Every self-attention cache parameter, by name."""
-        return {name: self.cache_shape() for name in self.cache_names()}
+    def cache_shapes(self, target_len: int | None = None) -> dict[str, Shape]:
+        """Every self-attention cache parameter at `target_len` stored positions (default T_max), by name."""
+        return {name: self.cache_shape(target_len) for name in self.cache_names()}
 
     def cross_shapes(self, source_len: int) -> dict[str, Shape]:
         """Every cross-attention K/V parameter at `source_len` positions, by name."""

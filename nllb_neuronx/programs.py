@@ -11,7 +11,9 @@ once an engine was made), so `save()`, `nllb-neuronx compile` and `export-hlo` g
 `sample()` and the engine compile nothing, and the Neuron check covers every program. The cost is compile time ahead
 of time: at batch 8 with the default buckets, 103 programs instead of the lockstep path's 56 (slot encoders per
 insert size and source bucket, slot steps per head, target and smaller source bucket, the beam step at the largest
-source bucket per target bucket, one slot reorder).
+source bucket per target bucket, one slot reorder). On XLA CPU, where the states are stored only as long as their
+rows need (`ProgramShapes.stored_lengths`), 155: reorders and slot encoders per stored length, and the resize
+programs between lengths.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Callable, Collection, Mapping
 from hlo.runtime import BoundProgram, Program
 
 from nllb_neuronx.program_key import (DecoderKey, EncoderKey, ProgramEvent, ProgramKey, ReorderKey, SlotEncoderKey,
-                                      SlotReorderKey, SlotStepKey)
+                                      ResizeKey, SlotReorderKey, SlotStepKey)
 from nllb_neuronx.program_spec import ProgramShapes
 from nllb_neuronx.slot_encoder import insert_sizes
 
@@ -53,20 +55,23 @@ def every_program(shapes: ProgramShapes, heads: Collection[str] | None = None) -
     prefix_bucket = next((t for t in c.n_positions if t >= 2), None)
     keys: list[ProgramKey] = []
     for s in c.encoder_buckets:
-        keys += [EncoderKey(s), ReorderKey(s)]
+        keys += [EncoderKey(s)] + [ReorderKey(s, t) for t in shapes.state_target_lengths()]
         for t in c.n_positions:
             for new in (1, 2) if t == prefix_bucket else (1,):
                 keys += [DecoderKey(s, head, new, t) for head in LOCKSTEP_HEADS]
             if c.decode_unroll > 1 and t >= c.decode_unroll:                  # sample()'s unrolled greedy steps
                 keys.append(DecoderKey(s, "greedy", 1, t, steps=c.decode_unroll))
     for s in c.encoder_buckets:
-        keys += [SlotEncoderKey(s, rows) for rows in insert_sizes(c.batch_size)]
+        keys += [SlotEncoderKey(s, rows, stored) for stored in shapes.state_source_lengths() if stored >= s
+                 for rows in insert_sizes(c.batch_size)]
         if s < shapes.max_source_length:
             keys += [SlotStepKey(s, head, t) for t in c.n_positions for head in SLOT_HEADS]
         else:  # the lockstep decoder programs, listed above, except the heads only the slot engine runs
             keys += [SlotStepKey(s, head, t).canonical(shapes) for t in c.n_positions for head in SLOT_HEADS
                      if head not in LOCKSTEP_HEADS]
-    keys.append(SlotReorderKey())
+    keys += [SlotReorderKey(t) for t in shapes.state_target_lengths()]
+    for side, lengths in (("target", shapes.state_target_lengths()), ("source", shapes.state_source_lengths())):
+        keys += [ResizeKey(side, a, b) for a in lengths for b in lengths if a != b]   # grow and shrink
     return [dataclasses.replace(key, quantized=True) for key in keys] if shapes.quantized else keys
 
 
@@ -103,7 +108,7 @@ class ProgramRegistry:
     def get(self, key: ProgramKey) -> Program:
         """The program `key`: built and fetched from the runtime on first use, then kept."""
         self.require_runtime()
-        key = key.canonical(self.shapes)
+        key = key.canonical(self._build_shapes)
         seconds = None
         with self._lock:
             program = self._programs.get(key)
@@ -125,7 +130,7 @@ class ProgramRegistry:
     def _bound(self, key: ProgramKey) -> BoundProgram:
         """The program `key` with this model's weights bound once (`Program.bind`): a call then converts only its
         own inputs, not ~200 weight arguments again."""
-        key = key.canonical(self.shapes)
+        key = key.canonical(self._build_shapes)
         bound = self._bound_programs.get(key)
         if bound is None:
             program = self.get(key)
@@ -155,7 +160,9 @@ class ProgramRegistry:
 
     # ---------------------------------------------------------------------------------------- ahead of time
     def every_program(self, heads: Collection[str] | None = None) -> list[ProgramKey]:
-        return every_program(self.shapes, heads)
+        """`every_program` of the shapes programs are built with (the attached runtime's backend decides how the
+        slot engine's state is stored, `ProgramShapes.stored_lengths`)."""
+        return every_program(self._build_shapes, heads)
 
     def compile_all(self, workers: int | None = None, heads: Collection[str] | None = None) -> int:
         """Fetch every listed program (`heads`: see every_program) not fetched yet, several at once; returns how many

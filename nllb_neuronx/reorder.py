@@ -11,9 +11,10 @@ from hlo.types import s32
 
 from nllb_neuronx.program_spec import ProgramShapes
 
-def build_reorder(shapes: ProgramShapes, source_len: int) -> hlo.Module:
+def build_reorder(shapes: ProgramShapes, source_len: int, target_len: int | None = None) -> hlo.Module:
+    """`target_len`: the positions the caches are stored at (default the largest target bucket)."""
     b = shapes.batch_size
-    state = {**shapes.cache_shapes(), **shapes.cross_shapes(source_len)}
+    state = {**shapes.cache_shapes(target_len), **shapes.cross_shapes(source_len)}
     spec = hlo.ParamSpec(index=s32[b])
     for name, shape in state.items():
         spec.add(name, shape)
@@ -21,5 +22,6 @@ def build_reorder(shapes: ProgramShapes, source_len: int) -> hlo.Module:
     def reorder(p: hlo.Params) -> dict[str, hlo.Value]:
         return {name: hlo.take(p[name], p.index, axis=0) for name in state}        # [B, N, K, D]
 
-    return hlo.build(f"nllb_reorder_b{b}_s{source_len}_tp{shapes.parallel.tp}", spec, reorder,
+    t = shapes.cache_shape(target_len).dims[2]
+    return hlo.build(f"nllb_reorder_b{b}_s{source_len}_t{t}_tp{shapes.parallel.tp}", spec, reorder,
                      aliases={name: name for name in state})

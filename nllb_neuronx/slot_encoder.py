@@ -1,11 +1,12 @@
 """The slot encoder program: encode k new requests and write them into chosen slots of the slot engine's state.
 
-One program per (k rows, source bucket S). It runs the encoder (`encoder.encode`) on s32[k, S] ids and masks, pads
-their cross-attention K/V and masks with zeros to the stored source length S_max (the largest bucket), and writes row
-i into slot `slots[i]` of the state, in place (aliased):
+One program per (k rows, source bucket S, stored source length S_stored >= S). It runs the encoder (`encoder.encode`)
+on s32[k, S] ids and masks, pads their cross-attention K/V and masks with zeros to S_stored (the largest bucket, or on
+XLA CPU what the state is stored at now: `ProgramShapes.stored_lengths`), and writes row i into slot `slots[i]` of
+the state, in place (aliased):
 
-    cross_k.<i>, cross_v.<i>   [B, N_local, S_max, D], one pair per decoder layer
-    encoder_attention_mask     s32[B, S_max]
+    cross_k.<i>, cross_v.<i>   [B, N_local, S_stored, D], one pair per decoder layer
+    encoder_attention_mask     s32[B, S_stored]
 
 Every other slot is left untouched. Each write is a dynamic-update-slice at the runtime index [slots[i], 0, 0, 0]
 (NxDI writes a continuous-batching prefill row the same way). Rows are written last to first, so a sub-batch padded
@@ -20,10 +21,11 @@ from hlo.types import s32
 from nllb_neuronx.encoder import add_encoder_params, encode
 from nllb_neuronx.program_spec import ProgramShapes
 
-def slot_state_shapes(shapes: ProgramShapes) -> dict[str, hlo.Shape]:
-    """The slot engine's encoder-side state, by parameter name."""
-    return {**shapes.cross_shapes(shapes.max_source_length),
-            "encoder_attention_mask": s32[shapes.batch_size, shapes.max_source_length]}
+def slot_state_shapes(shapes: ProgramShapes, source_len: int | None = None) -> dict[str, hlo.Shape]:
+    """The slot engine's encoder-side state stored at `source_len` positions (default the largest bucket), by
+    parameter name."""
+    stored = source_len or shapes.max_source_length
+    return {**shapes.cross_shapes(stored), "encoder_attention_mask": s32[shapes.batch_size, stored]}
 
 
 def insert_sizes(batch_size: int) -> tuple[int, ...]:
@@ -35,15 +37,17 @@ def insert_sizes(batch_size: int) -> tuple[int, ...]:
     return tuple(sizes + [batch_size])
 
 
-def build_slot_encoder(shapes: ProgramShapes, rows: int, source_len: int) -> hlo.Module:
+def build_slot_encoder(shapes: ProgramShapes, rows: int, source_len: int, stored: int | None = None) -> hlo.Module:
+    """`stored`: the source length the state is stored at (default the largest bucket)."""
     if not 1 <= rows <= shapes.batch_size:
         raise ValueError(f"rows must lie in [1, {shapes.batch_size}], got {rows}")
-    stored = shapes.max_source_length
+    stored = stored or shapes.max_source_length
     if source_len > stored:
         raise ValueError(f"source bucket {source_len} exceeds the stored source length {stored}")
     spec = hlo.ParamSpec(input_ids=s32[rows, source_len], attention_mask=s32[rows, source_len], slots=s32[rows])
-    state_names = list(slot_state_shapes(shapes))
-    for name, shape in slot_state_shapes(shapes).items():
+    state = slot_state_shapes(shapes, stored)
+    state_names = list(state)
+    for name, shape in state.items():
         spec.add(name, shape)
     add_encoder_params(spec, shapes)
 

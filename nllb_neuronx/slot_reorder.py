@@ -11,8 +11,9 @@ from hlo.types import s32
 
 from nllb_neuronx.program_spec import ProgramShapes
 
-def build_slot_reorder(shapes: ProgramShapes) -> hlo.Module:
-    b, state = shapes.batch_size, shapes.cache_shapes()
+def build_slot_reorder(shapes: ProgramShapes, target_len: int | None = None) -> hlo.Module:
+    """`target_len`: the target positions the caches are stored at (default the largest bucket)."""
+    b, state = shapes.batch_size, shapes.cache_shapes(target_len)
     spec = hlo.ParamSpec(index=s32[b])
     for name, shape in state.items():
         spec.add(name, shape)
@@ -20,5 +21,6 @@ def build_slot_reorder(shapes: ProgramShapes) -> hlo.Module:
     def slot_reorder(p: hlo.Params) -> dict[str, hlo.Value]:
         return {name: hlo.take(p[name], p.index, axis=0) for name in state}                    # [B, N, T, D]
 
-    return hlo.build(f"nllb_slot_reorder_b{b}_tp{shapes.parallel.tp}", spec, slot_reorder,
+    t = next(iter(state.values())).dims[2]
+    return hlo.build(f"nllb_slot_reorder_b{b}_t{t}_tp{shapes.parallel.tp}", spec, slot_reorder,
                      aliases={name: name for name in state})

@@ -2,22 +2,27 @@
 
 State (on the device, updated in place by aliasing), B = the model's batch_size slots:
 
-    cache_k.<i>, cache_v.<i>  [B, N_local, T_max, D]    layer i's self-attention, row b at slot b's own positions
-    cross_k.<i>, cross_v.<i>  [B, N_local, S_max, D]    layer i's cross-attention, stored at the largest source bucket
-    encoder_attention_mask    s32[B, S_max]
+    cache_k.<i>, cache_v.<i>  [B, N_local, T_stored, D]    layer i's self-attention, row b at slot b's own positions
+    cross_k.<i>, cross_v.<i>  [B, N_local, S_stored, D]    layer i's cross-attention
+    encoder_attention_mask    s32[B, S_stored]
 
 `insert()` runs the slot encoder (`slot_encoder.py`) on up to B new sources at their length bucket and writes them
 into the chosen slots. `step()` runs the decoder (`decoder.py`) once, one token per slot, each slot at its own
-position; it reads the cross-attention K/V up to the largest source bucket among the active slots, so a step pays for
-S_max only while a slot that needs it is active. `reorder()` makes slots copies of other slots' self-attention caches
-(beam search, `slot_reorder.py`).
+position; it reads the cache up to the target bucket of the furthest active slot and the cross-attention K/V up to
+the largest source bucket among the active slots. `reorder()` makes slots copies of other slots' self-attention
+caches (beam search, `slot_reorder.py`).
+
+Stored lengths (`ProgramShapes.stored_lengths`): on Neuron the largest buckets, for good (a step reads its buckets of
+them). On XLA CPU, where a step reads every stored position, the state follows what the active slots need: before a
+step or an insert it is resized (`resize.py`) to the target bucket of the furthest active slot and the largest
+active source bucket, so a step of short rows does not pay for a long row that has finished.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from nllb_neuronx.program_key import SlotEncoderKey, SlotReorderKey, SlotStepKey
+from nllb_neuronx.program_key import ResizeKey, SlotEncoderKey, SlotReorderKey, SlotStepKey
 from nllb_neuronx.slot_encoder import insert_sizes, slot_state_shapes
 
 
@@ -30,17 +35,47 @@ class SlotState:
         self.model, self.shapes = model, model.shapes
         self.batch_size = model.batch_size
         self.insert_sizes = insert_sizes(self.batch_size)
+        self._build_shapes = model.programs.build_shapes          # the runtime's backend: how the state is stored
         self._tensors: dict[str, object] | None = None
+        self._stored = self._smallest()
+        self.resizes = 0                                           # resize program calls so far
+
+    def _smallest(self) -> tuple[int, int]:
+        c = self.model.compile_config
+        return self._build_shapes.stored_lengths(c.n_positions[0], c.encoder_buckets[0])
+
+    @property
+    def stored_lengths(self) -> tuple[int, int]:
+        """The (target, source) positions the state is stored at now."""
+        return self._stored
 
     def reset(self) -> None:
-        """Fresh zero state (after a failed device call, whose donated buffers may be gone)."""
-        shapes = {**self.shapes.cache_shapes(), **slot_state_shapes(self.shapes)}
+        """Fresh zero state at the smallest stored lengths (also after a failed device call, whose donated buffers
+        may be gone)."""
+        self._stored = self._smallest()
+        target, source = self._stored
+        shapes = {**self.shapes.cache_shapes(target), **slot_state_shapes(self.shapes, source)}
         self._tensors = {name: self.model.runtime.put(np.zeros(s.dims, s.dtype.numpy)) for name, s in shapes.items()}
 
     def _state(self) -> dict[str, object]:
         if self._tensors is None:
             self.reset()
         return self._tensors
+
+    def _store_at(self, target_len: int, source_len: int) -> None:
+        """Resize the state to `stored_lengths(target_len, source_len)`, one side at a time (a no-op where the state
+        keeps one size)."""
+        wanted = self._build_shapes.stored_lengths(target_len, source_len)
+        state = self._state()
+        for side, have, want in zip(("target", "source"), self._stored, wanted):
+            if have != want:
+                names = self.shapes.cache_names() if side == "target" else list(slot_state_shapes(self.shapes))
+                self._tensors = None                                   # inputs of a program: rebuilt if it fails
+                out = self.model.run_program(ResizeKey(side, have, want), **{n: state[n] for n in names})
+                state = {**state, **out}
+                self._tensors = state
+                self.resizes += 1
+                self._stored = (want, self._stored[1]) if side == "target" else (self._stored[0], want)
 
     def insert(self, slots: list[int], sources: list[np.ndarray]) -> int:
         """Encode `sources` (1-D id arrays, no padding) and write them into `slots`; returns their source bucket."""
@@ -53,11 +88,13 @@ class SlotState:
             ids[row, : len(source)], index[row] = source, slot
         ids[len(slots):] = ids[0]
         mask = (ids != pad).astype(np.int32)
+        if bucket > self._stored[1]:
+            self._store_at(self._stored[0], bucket)
         state = self._state()
         self._tensors = None                                   # donated below: gone if the call fails
         encoder_state = {name: state[name] for name in slot_state_shapes(self.shapes)}
-        out = self.model.run_program(SlotEncoderKey(bucket, rows), input_ids=ids, attention_mask=mask, slots=index,
-                                     **encoder_state)
+        out = self.model.run_program(SlotEncoderKey(bucket, rows, self._stored[1]), input_ids=ids,
+                                     attention_mask=mask, slots=index, **encoder_state)
         self._tensors = {**state, **out}
         return bucket
 
@@ -78,6 +115,7 @@ class SlotState:
         if head not in ("greedy", "logits", "sample", "beam"):
             raise ValueError(f"slot steps have a greedy, sample, beam or logits head, got {head!r}")
         bucket = self.model.compile_config.decoder_bucket(int(positions[active].max()) + 1)
+        self._store_at(bucket, source_len)
         state = self._state()
         self._tensors = None
         out = self.model.run_program(
@@ -95,5 +133,5 @@ class SlotState:
         state = self._state()
         self._tensors = None
         caches = {name: state[name] for name in self.shapes.cache_names()}
-        out = self.model.run_program(SlotReorderKey(), index=index.astype(np.int32), **caches)
+        out = self.model.run_program(SlotReorderKey(self._stored[0]), index=index.astype(np.int32), **caches)
         self._tensors = {**state, **out}

@@ -72,6 +72,7 @@ def test_slot_steps_match_hf_logits_with_staggered_rows_and_reused_slots(model, 
 
     insert([(3, "b"), (0, "e")])                                    # two rows in one call, slots out of order
     insert([(2, "a")])                                              # the 16 bucket
+    stored = [state.stored_lengths]
     for step in range(23):                                         # d, the last, ends at step 22
         if step == 3:
             insert([(1, "c")])                                      # joins three rows already under way
@@ -81,6 +82,7 @@ def test_slot_steps_match_hf_logits_with_staggered_rows_and_reused_slots(model, 
         for slot, (name, pos, _) in slots.items():
             tokens[slot], positions[slot], active[slot] = lines[name][1][pos], pos, True
         logits = state.step(tokens, positions, active, max(b for _, _, b in slots.values()), head="logits")
+        stored.append(state.stored_lengths)
         for slot, (name, pos, bucket) in list(slots.items()):
             np.testing.assert_allclose(logits[slot], ref[name][pos], atol=TOLERANCE["logits"],
                                        err_msg=f"line {name} position {pos} (step {step}, slot {slot})")
@@ -91,6 +93,13 @@ def test_slot_steps_match_hf_logits_with_staggered_rows_and_reused_slots(model, 
                 slots[slot] = (name, pos + 1, bucket)
     assert not slots                                                # every line ran to its end
     assert state.insert_sizes == (1, 2, 4)
+    if model.programs.build_shapes.reads_stored_caches:             # XLA CPU: the state follows the active slots
+        # a's 16 source grows the source side at its insert, its 9th position the target side; once a is done the
+        # source side shrinks (step 12), once c is done the target side too (step 13), and d grows it again
+        assert stored[:2] == [(8, 16), (8, 16)] and stored[9] == (24, 16)
+        assert stored[13:15] == [(24, 8), (8, 8)] and stored[-1] == (24, 8)
+    else:                                                           # one size: the largest buckets
+        assert set(stored) == {(24, 16)}
 
 
 def test_every_line_equals_hf_alone_with_slots_refilled(engine, tiny_checkpoint):

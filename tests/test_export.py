@@ -36,12 +36,12 @@ def test_export_writes_every_program_and_a_manifest(tiny_checkpoint, tmp_path):
     assert manifest["compile"]["tp_degree"] == 2 and manifest["compile"]["max_top_k"] == 16
     assert manifest["neuron_check"] == "clean"
     programs = {p["name"]: p for p in manifest["programs"]}
-    assert set(programs) == {"nllb_encoder_b2_s8_tp2", "nllb_reorder_b2_s8_tp2"} | {
+    assert set(programs) == {"nllb_encoder_b2_s8_tp2", "nllb_reorder_b2_s8_t8_tp2"} | {
         f"nllb_decoder_{head}_b2_p{p}_t8_s8_tp2" for head in ("logits", "greedy", "sample_k16") for p in (1, 2)} | {
         "nllb_decoder_beam_k4_b2_p1_t8_s8_tp2", "nllb_slot_encoder_b2_k1_s8_of8_tp2",
-        "nllb_slot_encoder_b2_k2_s8_of8_tp2", "nllb_slot_reorder_b2_tp2"}
+        "nllb_slot_encoder_b2_k2_s8_of8_tp2", "nllb_slot_reorder_b2_t8_tp2"}
     assert programs["nllb_slot_encoder_b2_k2_s8_of8_tp2"]["key"] == {"kind": "slot_encoder", "source_len": 8, "rows": 2,
-                                                                      "quantized": False}
+                                                                      "stored_len": 8, "quantized": False}
     weights = {s.name for s in sharding.all_weights(NLLBForSampling.from_pretrained(path).config)}
     for name, entry in programs.items():
         assert entry["violations"] == []

@@ -95,6 +95,14 @@ def test_buckets_short_source_and_long_generation(tiny_checkpoint):
     assert out.shape == (2, 23)
     np.testing.assert_array_equal(out, ref)
     assert {k.target_len for k in model.compiled_programs if k.kind == "decoder"} == {8, 24}
+    resizes = [(k.side, k.from_len, k.to_len) for k in model.compiled_programs if k.kind == "resize"]
+    assert model.cache_length == 24
+    if model.programs.build_shapes.reads_stored_caches:   # XLA CPU: the caches grew with the position, contents kept
+        assert resizes == [("target", 8, 24)]
+        model.reset()
+        assert model.cache_length == 8                     # and start small again
+    else:
+        assert resizes == []
 
 
 @pytest.mark.parametrize("amp", ["bf16", "f16"])

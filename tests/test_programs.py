@@ -32,12 +32,16 @@ def test_save_compiles_exactly_the_listed_programs_and_generation_needs_no_other
     model = NLLBForSampling.from_pretrained(path, batch_size=3, n_positions=[4, 8], encoder_buckets=[8]).to_neuron()
     listed = set(model.program_builders())
     lockstep = 1 + 1 + 3 * 2 + 3                     # encoder, reorder, 1-token steps x 2 buckets x 3 heads, prefix x 3
-    assert len(listed) == lockstep + 3 + 1 + 2       # slot encoders (1, 2, 3 rows), reorder, beam steps; the rest:
-    #                                                  the decoder's
     names = {build().name for build in model.program_builders().values()}
-    # On XLA CPU every decoder reads all stored cache positions, so a program's two target buckets are one program:
-    # encoder, reorder, 3 one-token heads, 3 prefix heads, 3 slot encoders, slot reorder, beam step.
-    assert len(names) == (13 if model.programs.build_shapes.reads_stored_caches else len(listed))
+    if model.programs.build_shapes.reads_stored_caches:
+        # XLA CPU: the states are stored at what their rows need (`stored_lengths`): a lockstep reorder per stored
+        # target length; the slot engine's encoders (1, 2, 3 rows), beam steps at both target buckets (its other
+        # steps are the lockstep decoders: one source bucket), a reorder per target length, a resize each way
+        assert len(listed) == lockstep + 1 + 3 + 2 + 2 + 2
+    else:
+        assert len(listed) == lockstep + 3 + 1 + 2   # slot encoders (1, 2, 3 rows), reorder, beam steps; the rest:
+        #                                              the lockstep decoder's
+    assert len(names) == len(listed)                 # each its own program
     model.save(str(tmp_path))
     assert len(list((tmp_path / "programs").iterdir())) == len(names)
     compiled = model.runtime.compile_count
