@@ -36,6 +36,11 @@ class ProgramKey:
         says whether the model is quantized, whatever the caller wrote."""
         return self if self.quantized == shapes.quantized else replace(self, quantized=shapes.quantized)
 
+    def _spelled_out(self, shapes: ProgramShapes, **defaults: int) -> "ProgramKey":
+        """`canonical` for a key with stored lengths whose 0 means the largest bucket: those fields set to `defaults`."""
+        unset = {name: value for name, value in defaults.items() if not getattr(self, name)}
+        return ProgramKey.canonical(replace(self, **unset) if unset else self, shapes)
+
 
 @dataclass(frozen=True)
 class EncoderKey(ProgramKey):
@@ -61,9 +66,7 @@ class ReorderKey(ProgramKey):
         return build_reorder(shapes, self.source_len, self.target_len or None)
 
     def canonical(self, shapes: ProgramShapes) -> ProgramKey:
-        stored = self.target_len or shapes.compile.max_target_length
-        key = self if stored == self.target_len else replace(self, target_len=stored)
-        return super(ReorderKey, key).canonical(shapes)
+        return self._spelled_out(shapes, target_len=shapes.compile.max_target_length)
 
 
 @dataclass(frozen=True)
@@ -99,9 +102,7 @@ class SlotEncoderKey(ProgramKey):
         return build_slot_encoder(shapes, self.rows, self.source_len, self.stored_len or None)
 
     def canonical(self, shapes: ProgramShapes) -> ProgramKey:
-        stored = self.stored_len or shapes.max_source_length
-        key = self if stored == self.stored_len else replace(self, stored_len=stored)
-        return super(SlotEncoderKey, key).canonical(shapes)
+        return self._spelled_out(shapes, stored_len=shapes.max_source_length)
 
 
 @dataclass(frozen=True)
@@ -139,9 +140,7 @@ class SlotReorderKey(ProgramKey):
         return build_slot_reorder(shapes, self.target_len or None)
 
     def canonical(self, shapes: ProgramShapes) -> ProgramKey:
-        stored = self.target_len or shapes.compile.max_target_length
-        key = self if stored == self.target_len else replace(self, target_len=stored)
-        return super(SlotReorderKey, key).canonical(shapes)
+        return self._spelled_out(shapes, target_len=shapes.compile.max_target_length)
 
 
 @dataclass(frozen=True)
