@@ -51,9 +51,10 @@ def build_decoder(shapes: ProgramShapes, new_tokens: int, bucket: int, source_le
                          f"head {head!r}, new_tokens {new_tokens}")
     cross_len = source_len if cross_len is None else cross_len
     cache_len = cache_len or shapes.compile.max_target_length
-    if cross_len < source_len or cache_len < bucket:
-        raise ValueError(f"cross_len {cross_len} must hold source_len {source_len}, cache_len {cache_len} the "
-                         f"target bucket {bucket}")
+    if cross_len < source_len:
+        raise ValueError(f"cross_len {cross_len} must hold source_len {source_len}")
+    if cache_len < bucket:
+        raise ValueError(f"cache_len {cache_len} must hold the target bucket {bucket}")
     if shapes.reads_stored_caches:  # XLA CPU: every stored position, masked (a shorter read is a copy there)
         bucket, source_len = cache_len, cross_len
     m, b, par, p_len = shapes.model, shapes.batch_size, shapes.parallel, new_tokens

@@ -14,8 +14,9 @@ caches (beam search, `slot_reorder.py`).
 
 Stored lengths (`ProgramShapes.stored_lengths`): on Neuron the largest buckets, for good (a step reads its buckets of
 them). On XLA CPU, where a step reads every stored position, the state follows what the active slots need: before a
-step or an insert it is resized (`resize.py`) to the target bucket of the furthest active slot and the largest
-active source bucket, so a step of short rows does not pay for a long row that has finished.
+step it is resized (`resize.py`) to the target bucket of the furthest active slot and the largest active source
+bucket, and an insert grows the source side to the new sources' bucket where it is longer, so a step of short rows
+does not pay for a long row that has finished.
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ class SlotState:
         self.insert_sizes = insert_sizes(self.batch_size)
         self._build_shapes = model.programs.build_shapes          # the runtime's backend: how the state is stored
         self._tensors: dict[str, object] | None = None
-        self._stored = self._smallest()
         self.resizes = 0                                           # resize program calls so far
 
     def _smallest(self) -> tuple[int, int]:
@@ -46,14 +46,14 @@ class SlotState:
 
     @property
     def stored_lengths(self) -> tuple[int, int]:
-        """The (target, source) positions the state is stored at now."""
-        return self._stored
+        """The (target, source) positions the state is stored at now (its tensors' lengths)."""
+        state = self._state()
+        return state[self.shapes.cache_names()[0]].shape.dims[2], state["encoder_attention_mask"].shape.dims[1]
 
     def reset(self) -> None:
         """Fresh zero state at the smallest stored lengths (also after a failed device call, whose donated buffers
         may be gone)."""
-        self._stored = self._smallest()
-        target, source = self._stored
+        target, source = self._smallest()
         shapes = {**self.shapes.cache_shapes(target), **slot_state_shapes(self.shapes, source)}
         self._tensors = {name: self.model.runtime.put(np.zeros(s.dims, s.dtype.numpy)) for name, s in shapes.items()}
 
@@ -67,7 +67,7 @@ class SlotState:
         keeps one size)."""
         wanted = self._build_shapes.stored_lengths(target_len, source_len)
         state = self._state()
-        for side, have, want in zip(("target", "source"), self._stored, wanted):
+        for side, have, want in zip(("target", "source"), self.stored_lengths, wanted):
             if have != want:
                 names = self.shapes.cache_names() if side == "target" else list(slot_state_shapes(self.shapes))
                 self._tensors = None                                   # inputs of a program: rebuilt if it fails
@@ -75,7 +75,6 @@ class SlotState:
                 state = {**state, **out}
                 self._tensors = state
                 self.resizes += 1
-                self._stored = (want, self._stored[1]) if side == "target" else (self._stored[0], want)
 
     def insert(self, slots: list[int], sources: list[np.ndarray]) -> int:
         """Encode `sources` (1-D id arrays, no padding) and write them into `slots`; returns their source bucket."""
@@ -88,12 +87,14 @@ class SlotState:
             ids[row, : len(source)], index[row] = source, slot
         ids[len(slots):] = ids[0]
         mask = (ids != pad).astype(np.int32)
-        if bucket > self._stored[1]:
-            self._store_at(self._stored[0], bucket)
+        stored_target, stored_source = self.stored_lengths
+        if bucket > stored_source:
+            self._store_at(stored_target, bucket)
+            _, stored_source = self.stored_lengths
         state = self._state()
         self._tensors = None                                   # donated below: gone if the call fails
         encoder_state = {name: state[name] for name in slot_state_shapes(self.shapes)}
-        out = self.model.run_program(SlotEncoderKey(bucket, rows, self._stored[1]), input_ids=ids,
+        out = self.model.run_program(SlotEncoderKey(bucket, rows, stored_source), input_ids=ids,
                                      attention_mask=mask, slots=index, **encoder_state)
         self._tensors = {**state, **out}
         return bucket
@@ -130,8 +131,9 @@ class SlotState:
 
     def reorder(self, index: np.ndarray) -> None:
         """Slot b's self-attention cache becomes slot index[b]'s (index: [B], identity outside beam requests)."""
+        stored_target, _ = self.stored_lengths
         state = self._state()
         self._tensors = None
         caches = {name: state[name] for name in self.shapes.cache_names()}
-        out = self.model.run_program(SlotReorderKey(self._stored[0]), index=index.astype(np.int32), **caches)
+        out = self.model.run_program(SlotReorderKey(stored_target), index=index.astype(np.int32), **caches)
         self._tensors = {**state, **out}
