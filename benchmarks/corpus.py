@@ -10,7 +10,10 @@ to the random benchmark weights), so it stops where the trained model stops and 
 the real shape. The corpus (`--lines`) has source lengths from 3 to `--max-tokens` tokens, log-normal around
 `--median-tokens`, target/source length ratios varying line to line. Engines: nllb_neuronx (the continuous-batching
 SlotEngine), nllb_neuronx-int8 (the same with int8 weights; its records hold its greedy agreement with nllb_neuronx's
-f32 output: token_agreement_f32, identical_to_f32 / compared_to_f32), nllb_neuronx-lockstep (sample() on length-sorted batches), ct2-float32 / ct2-int8 (translate_iterable,
+f32 output: token_agreement_f32 position by position, identical_to_f32 / compared_to_f32 lines, and, when
+nllb_neuronx ran first, decision_agreement_f32 over decisions_compared_f32: int8's greedy choice after each prefix of
+f32's output, `nllb_neuronx.agreement`), nllb_neuronx-lockstep (sample() on length-sorted batches), ct2-float32 /
+ct2-int8 (translate_iterable,
 CT2's own length sorting), hf (generate() on length-sorted batches; `--hf-lines` for a subset). Same batch size,
 threads and max_new_tokens for all; each engine and batch size in its own worker process (as generate.py).
 """
@@ -226,6 +229,14 @@ def compare_to_f32(records: list[dict], reference: str = "nllb_neuronx") -> None
                  compared_to_f32=len(shared))
 
 
+def f32_reference(records: list[dict], batch: int) -> dict | None:
+    """The f32 SlotEngine's lines at `batch` ({"indices", "outputs"}), if it ran before: the int8 engine's worker
+    measures its teacher-forced agreement against them."""
+    ref = next((r for r in records if r["engine"] == "nllb_neuronx" and r["batch_size"] == batch
+                and r.get("status") == "ok"), None)
+    return None if ref is None else {"indices": ref["indices"], "outputs": ref["outputs"]}
+
+
 def _num(value, digits: int = 1) -> str:
     return "–" if value is None else f"{value:,.{digits}f}"
 
@@ -233,7 +244,8 @@ def _num(value, digits: int = 1) -> str:
 def _f32_agreement(r: dict) -> str:
     if r.get("compared_to_f32") is None:
         return "–"
-    return f"{r['token_agreement_f32']:.4f}, {r['identical_to_f32']} / {r['compared_to_f32']}"
+    forced = "" if r.get("decision_agreement_f32") is None else f", {r['decision_agreement_f32']:.4f} forced"
+    return f"{r['token_agreement_f32']:.4f}, {r['identical_to_f32']} / {r['compared_to_f32']}{forced}"
 
 
 def markdown_table(records: list[dict], meta: dict) -> str:
@@ -243,7 +255,7 @@ def markdown_table(records: list[dict], meta: dict) -> str:
              f"max_new_tokens {meta['max_new_tokens']}, {meta['threads']} threads; machine: {meta['machine']['cpu']}, "
              f"{meta['machine']['cores']} cores.", "",
              "| engine | batch | lines | lines/s | tokens/s | slot occupancy | latency p50 s | latency p90 s | "
-             "identical to HF | stopped on EOS | compile s | peak RSS MB | int8 vs f32: tokens, lines |",
+             "identical to HF | stopped on EOS | compile s | peak RSS MB | int8 vs f32: tokens, lines, decisions |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in records:
         if r.get("status") != "ok":
@@ -327,6 +339,8 @@ def main(argv=None) -> int:
                                                                           + ("-s8" if engine.endswith("-int8") else ""))),
                            "ct2_dir": str(shapes.ct2_dir(Path(checkpoint), engine[len("ct2-"):], cache_root))
                            if engine.startswith("ct2-") else None}
+                    if engine == "nllb_neuronx-int8":        # the f32 engine's output, if it ran: for agreement
+                        job["f32_reference"] = f32_reference(records, batch)
                     record.update(run_worker(engine, job, args, Path(tmp)))
                 for key in RECORD:
                     record.setdefault(key, None)

@@ -120,6 +120,8 @@ def run_slot_engine(job: dict, log, quantization: str | None = None) -> dict:
             "(raise --warmup-batches)")
     first, last = before["stats"], engine.stats()
     engine.close()
+    if quantization is not None and job.get("f32_reference"):
+        result.update(teacher_forced_agreement(model, run, job["f32_reference"]))
     occupancy = (last.useful_slot_steps - first.useful_slot_steps) / max(1, last.slot_steps - first.slot_steps)
     spent = {k: getattr(last, k) - getattr(first, k) for k in ("encoder_calls", "encoder_seconds", "steps",
                                                                 "step_seconds", "resizes")}
@@ -130,6 +132,20 @@ def run_slot_engine(job: dict, log, quantization: str | None = None) -> dict:
             "timing": "SlotEngine.generate over every line at once; latency = when the line came out of the "
                       "iterator (input order); occupancy = useful slot-steps / all slot-steps of the timed run "
                       "(engine.stats())"}
+
+
+def teacher_forced_agreement(model, run: CorpusRun, reference: dict) -> dict:
+    """The int8 engine's greedy decisions against the f32 engine's output `reference` ({"indices", "outputs"} of
+    its record) read as the prefix (`nllb_neuronx.agreement`), untimed, after the timed run."""
+    from nllb_neuronx.agreement import decision_agreement
+
+    t = time.perf_counter()
+    indices, outputs = reference["indices"], reference["outputs"]
+    sources = run.encode(run.texts[i] for i in indices)
+    references = [[run.lang_id, *o["ids"], *([run.eos] if o["stopped"] else [])] for o in outputs]
+    agreed, total = decision_agreement(model, sources, references, model.config.decoder_start_token_id)
+    run.log(f"teacher-forced agreement with f32: {agreed} of {total} decisions in {time.perf_counter() - t:.1f} s")
+    return {"decision_agreement_f32": agreed / max(1, total), "decisions_compared_f32": total}
 
 
 def run_lockstep(job: dict, log) -> dict:

@@ -25,7 +25,7 @@ FIELDS = ("engine", "lines", "batch_size", "lines_per_s", "tokens_per_s", "slot_
 def test_tiny_corpus_from_an_empty_cache(trained_model, tmp_path):
     trained = Path(trained_model[0])
     shutil.copytree(trained, tmp_path / "cache" / "toy-train" / trained.name)
-    engines = ["hf", "nllb_neuronx-lockstep"] + (["nllb_neuronx"] if HAVE_ENGINE else []) + \
+    engines = ["hf", "nllb_neuronx-lockstep"] + (["nllb_neuronx", "nllb_neuronx-int8"] if HAVE_ENGINE else []) + \
         (["ct2-float32", "ct2-int8"] if HAVE_CT2 else [])
     out, lines = tmp_path / "records.json", 24
     extra = ["--plot", str(tmp_path / "plot.png")] if HAVE_MPL else []
@@ -56,6 +56,10 @@ def test_tiny_corpus_from_an_empty_cache(trained_model, tmp_path):
     if HAVE_ENGINE:
         engine = by_engine["nllb_neuronx"]
         assert engine["identical_to_hf"] == lines and 0 < engine["slot_occupancy"] <= 1
+        int8 = by_engine["nllb_neuronx-int8"]      # against the f32 engine: free running, and teacher forced
+        assert int8["compared_to_f32"] == lines and 0 < int8["token_agreement_f32"] <= 1
+        assert int8["decisions_compared_f32"] == engine["generated_tokens"]     # every f32 token after the forced one
+        assert int8["decision_agreement_f32"] >= 0.9
     if HAVE_CT2:
         assert by_engine["ct2-float32"]["compared_to_hf"] == lines
         assert by_engine["ct2-float32"]["identical_to_hf"] >= 0.9 * lines
