@@ -14,7 +14,8 @@ a whole parameter is read in place.
 
 With `--encoder-buckets`, also what admitting new requests costs: the slot encoder on k rows at each source bucket
 (`enc_k<k>_s<S>`: encode k sources and write their cross-attention K/V into k slots; k in the engine's sub-batch
-sizes), against the lockstep encoder on a whole batch (`lockstep_enc_s<S>`), each call waited for.
+sizes), against the lockstep encoder on a whole batch (`lockstep_enc_s<S>`), and the copy of one request encoded
+ahead from its staging row into a slot (`slot_copy`, the state stored at `--max-src-len`), each call waited for.
 
 Uses the random-weight checkpoint that `generate.py` caches (run it once with the same --shape first), or --model.
 """
@@ -48,7 +49,8 @@ def main(argv=None) -> int:
 
     from nllb_neuronx import NLLBForSampling
     from nllb_neuronx.decoder import build_decoder
-    from nllb_neuronx.program_key import SlotEncoderKey
+    from nllb_neuronx.program_key import SlotCopyKey, SlotEncoderKey
+    from nllb_neuronx.slot_copy import STAGED
     from nllb_neuronx.slot_encoder import insert_sizes, slot_state_shapes
 
     buckets = [int(t) for t in args.n_positions.split(",")]
@@ -99,6 +101,17 @@ def main(argv=None) -> int:
         state = {**state, **out}
         return time.perf_counter() - begin
 
+    staging = {STAGED + n: t for n, t in put_random(slot_state_shapes(shapes)).items()}
+
+    def copy_staged() -> float:
+        nonlocal state
+        begin = time.perf_counter()
+        out = model.run_program(SlotCopyKey(stored), row=np.array([3], np.int32), slot=np.array([1], np.int32),
+                                **staging, **{n: state[n] for n in slot_state_shapes(shapes)})
+        out["encoder_attention_mask"].wait()
+        state = {**state, **out}
+        return time.perf_counter() - begin
+
     def encode_batch(source_len: int) -> float:
         ids = rng.integers(4, 1000, (b, source_len)).astype(np.int32)
         begin = time.perf_counter()
@@ -110,6 +123,8 @@ def main(argv=None) -> int:
     for s in encoder_buckets:
         calls.update({f"enc_k{k}_s{s}": (lambda k=k, s=s: encode_slots(k, s)) for k in insert_sizes(b)})
         calls[f"lockstep_enc_s{s}"] = lambda s=s: encode_batch(s)
+    if encoder_buckets:
+        calls["slot_copy"] = copy_staged
     for call in calls.values():                             # compile and warm up
         call(), call()
     times = {name: [] for name in calls}

@@ -7,7 +7,8 @@
     engine.close()
 
 A background thread runs the loop while there is work: between decode steps it admits queued requests into free slots
-(the slot encoder encodes them, grouped by source bucket, and writes their cross-attention K/V into the slots), steps
+(the slot encoder encodes them, grouped by source bucket, up to B at a time into staging rows ahead of need, and a
+copy program writes one's cross-attention K/V into a slot as it frees: `encode_ahead`), steps
 every active slot once (each at its own position), and retires a slot when its request produces EOS or reaches
 max_new_tokens, handing the result to its future at once. A new request's first step feeds the decoder start token
 at position 0; with a forced target-language token, that step's choice is replaced by it, as HF's forced-BOS logits
@@ -68,6 +69,7 @@ class _Job:
     position: int = 0                   # tokens fed so far = the position of the next token fed
     bucket: int = 0                     # source bucket it was encoded at
     slots: list[int] = field(default_factory=list)       # its slots: one, or one per beam
+    stage_row: int = -1                                  # its staging row while encoded ahead (encode_ahead)
     beams: BeamSearch | None = None
     sampling: SamplingParams | None = None
     rng: np.random.Generator | None = None          # the request's own generator (sampling only)
@@ -91,9 +93,19 @@ class SlotEngine:
     `admission`: which queued request takes a free slot. "fifo" (the default): the oldest, as a server wants.
     "longest_first": the one with the longest source (ties: the oldest), for translating a corpus: a long line
     admitted last would run on alone while the other slots idle. A request can wait while longer ones keep
-    arriving, so use it where the input is bounded (`generate()`'s read-ahead window is)."""
+    arriving, so use it where the input is bounded (`generate()`'s read-ahead window is).
 
-    def __init__(self, model, max_queue: int | None = None, admit_batch: int = 1, admission: str = "fifo"):
+    `encode_ahead` (the default): when a slot frees and no request encoded ahead waits for it, encode up to B
+    queued requests at once (`admission`'s order, one slot-encoder call per source bucket) into staging rows, and
+    copy each into a slot as slots free (`SlotState.stage`, `insert_staged`). An encoder call for one row costs about
+    what it costs for several where the encoder is bound by reading its weights, and on XLA CPU one row ran at half
+    the rate of eight (benchmarks/RESULTS.md), so a busy engine encodes in sub-batches without idling slots. The
+    price: device memory for B more rows of cross-attention K/V at the largest source bucket, and the first request
+    of a burst waits for its sub-batch's encoder call. Off: each request is encoded straight into its slot when one
+    frees (and `admit_batch` may group them)."""
+
+    def __init__(self, model, max_queue: int | None = None, admit_batch: int = 1, admission: str = "fifo",
+                 encode_ahead: bool = True):
         if max_queue is not None and max_queue < 1:
             raise ValueError(f"max_queue must be a positive number of requests or None (no limit), got {max_queue}")
         if not isinstance(admit_batch, int) or not 1 <= admit_batch <= model.batch_size:
@@ -101,12 +113,16 @@ class SlotEngine:
                              f"got {admit_batch!r}")
         if admission not in ADMISSIONS:
             raise ValueError(f"admission must be one of {ADMISSIONS}, got {admission!r}")
-        self._admit_batch, self._admission = admit_batch, admission
+        if not isinstance(encode_ahead, bool):
+            raise ValueError(f"encode_ahead must be True or False, got {encode_ahead!r}")
+        self._admit_batch, self._admission, self._encode_ahead = admit_batch, admission, encode_ahead
         self._state = SlotState(model)                 # checks that the model is on the device
         self._config, self._compile = model.config, model.compile_config
         self._max_queue = max_queue
         self._slots: list[_Job | None] = [None] * model.batch_size
         self._queue: collections.deque[_Job] = collections.deque()
+        self._staged: collections.deque[_Job] = collections.deque()   # encoded ahead, in admission order
+        self._stage_rows = list(range(model.batch_size))               # free staging rows
         self._cond = threading.Condition()
         self._closed = False
         self._useful_slot_steps = self._slot_steps = 0
@@ -149,10 +165,14 @@ class SlotEngine:
     def admission(self) -> str:
         return self._admission
 
+    @property
+    def encode_ahead(self) -> bool:
+        return self._encode_ahead
+
     def stats(self) -> EngineStats:
         with self._cond:
             return EngineStats(slots=len(self._slots), active_slots=sum(job is not None for job in self._slots),
-                               queue_depth=len(self._queue), useful_slot_steps=self._useful_slot_steps,
+                               queue_depth=len(self._queue) + len(self._staged), useful_slot_steps=self._useful_slot_steps,
                                slot_steps=self._slot_steps, resizes=self._state.resizes, **self._time)
 
     def close(self, drain: bool = True) -> None:
@@ -160,7 +180,7 @@ class SlotEngine:
         with self._cond:
             self._closed = True
             if not drain:
-                for job in [*self._queue, *(j for j in self._slots if j is not None)]:
+                for job in [*self._queue, *self._staged, *(j for j in self._slots if j is not None)]:
                     job.future.cancel()
             self._cond.notify_all()
         if threading.current_thread() is not self._thread:
@@ -211,17 +231,24 @@ class SlotEngine:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._queue and not self._busy() and not self._closed:
+                while not self._waiting() and not self._busy() and not self._closed:
                     self._cond.wait()
-                if self._closed and not self._queue and not self._busy():
+                if self._closed and not self._waiting() and not self._busy():
                     return
                 self._drop_cancelled()
-                admitted = self._take_admissions()
+                to_stage = self._take_staging() if self._encode_ahead else []
+                if not to_stage:
+                    admitted = self._take_admissions()
                 self._cond.notify_all()                           # the queue has room again
             try:
                 started = time.perf_counter()
-                encoder_calls = self._admit(admitted)
-                if encoder_calls:
+                encoder_calls = 0
+                if to_stage:                 # encode ahead, then admit from the staged requests
+                    encoder_calls = self._stage(to_stage)
+                    with self._cond:
+                        admitted = self._take_admissions()
+                encoder_calls += self._admit(admitted)
+                if encoder_calls or admitted:
                     self._state.wait()        # so encoder_seconds is the encoder's time, not its dispatch's
                 encoded = time.perf_counter()
                 stepped = self._busy()
@@ -239,8 +266,13 @@ class SlotEngine:
     def _busy(self) -> bool:
         return any(job is not None for job in self._slots)
 
+    def _waiting(self) -> bool:
+        return bool(self._queue or self._staged)
+
     def _drop_cancelled(self) -> None:
         self._queue = collections.deque(j for j in self._queue if not j.future.cancelled())
+        self._stage_rows += [j.stage_row for j in self._staged if j.future.cancelled()]
+        self._staged = collections.deque(j for j in self._staged if not j.future.cancelled())
         for slot, job in enumerate(self._slots):
             if job is not None and job.future.cancelled():
                 self._slots[slot] = None
@@ -251,44 +283,84 @@ class SlotEngine:
             return self._queue[0]
         return max(self._queue, key=lambda job: len(job.source))         # the first of the longest
 
+    def _take_staging(self) -> list[_Job]:
+        """Queued jobs to encode ahead, in the admission policy's order, as many as there are free staging rows (each
+        takes one): only when the jobs encoded ahead already cannot fill the free slots."""
+        free = sum(job is None for job in self._slots)
+        if not self._queue or sum(j.num_beams for j in self._staged) >= free:
+            return []
+        taken = []
+        while self._queue and self._stage_rows:
+            job = self._next_queued()
+            self._queue.remove(job)
+            job.stage_row = self._stage_rows.pop(0)
+            taken.append(job)
+        self._staged.extend(taken)
+        return taken
+
     def _take_admissions(self) -> list[_Job]:
-        """Queued jobs for the free slots in the admission policy's order (a request with beams waits for as many
-        free slots, and for the sampling requests to finish; a sampling request waits for the beam requests); their
-        slots are taken."""
+        """Waiting jobs (encoded ahead, or queued) for the free slots in the admission policy's order (a request with
+        beams waits for as many free slots, and for the sampling requests to finish; a sampling request waits for the
+        beam requests); their slots are taken."""
+        pool = self._staged if self._encode_ahead else self._queue
         free = [slot for slot, job in enumerate(self._slots) if job is None]
         active = [job for job in self._slots if job is not None]
-        if active and len(free) < self._admit_batch and sum(j.num_beams for j in self._queue) >= self._admit_batch:
+        if active and len(free) < self._admit_batch and sum(j.num_beams for j in pool) >= self._admit_batch:
             return []
         beams, sampling = any(j.num_beams > 1 for j in active), any(j.sampling is not None for j in active)
         admitted = []
-        while self._queue:
-            job = self._next_queued()
+        while pool:
+            job = pool[0] if self._encode_ahead else self._next_queued()   # the staged are in admission order
             if len(free) < job.num_beams or (job.num_beams > 1 and sampling) or (job.sampling is not None and beams):
                 break
             beams, sampling = beams or job.num_beams > 1, sampling or job.sampling is not None
-            self._queue.remove(job)
+            pool.remove(job)
             job.slots, free = free[: job.num_beams], free[job.num_beams:]
             for slot in job.slots:
                 self._slots[slot] = job
             admitted.append(job)
         return admitted
 
-    def _admit(self, admitted: list[_Job]) -> int:
-        """Encode the admitted jobs, one slot-encoder call per source bucket (a beam request into each of its
-        slots); returns the number of calls."""
-        by_bucket: dict[int, list[_Job]] = collections.defaultdict(list)
-        for job in admitted:
-            by_bucket[self._compile.encoder_bucket(len(job.source))].append(job)
-        c = self._config
-        for group in by_bucket.values():
-            bucket = self._state.insert([slot for job in group for slot in job.slots],
-                                        [job.source for job in group for _ in job.slots])
+    def _by_bucket(self, jobs: list[_Job]) -> list[list[_Job]]:
+        groups: dict[int, list[_Job]] = collections.defaultdict(list)
+        for job in jobs:
+            groups[self._compile.encoder_bucket(len(job.source))].append(job)
+        return list(groups.values())
+
+    def _stage(self, jobs: list[_Job]) -> int:
+        """Encode `jobs` into their staging rows, one slot-encoder call per source bucket; returns the calls."""
+        groups = self._by_bucket(jobs)
+        for group in groups:
+            bucket = self._state.stage([job.stage_row for job in group], [job.source for job in group])
             for job in group:
-                job.bucket, job.position, job.generated = bucket, 0, []
-                if job.num_beams > 1:
-                    job.beams = BeamSearch(job.num_beams, job.max_new_tokens, c.decoder_start_token_id,
-                                           c.eos_token_id, c.pad_token_id, job.forced, job.length_penalty)
-        return len(by_bucket)
+                job.bucket = bucket
+        return len(groups)
+
+    def _admit(self, admitted: list[_Job]) -> int:
+        """Put the admitted jobs into their slots (a beam request into each of its slots): copied from their
+        staging rows (encode_ahead), or encoded, one slot-encoder call per source bucket; returns the encoder
+        calls."""
+        if self._encode_ahead:
+            for job in admitted:
+                for slot in job.slots:
+                    self._state.insert_staged(slot, job.stage_row, job.bucket)
+                self._stage_rows.append(job.stage_row)
+                job.stage_row = -1
+            groups = []
+        else:
+            groups = self._by_bucket(admitted)
+            for group in groups:
+                bucket = self._state.insert([slot for job in group for slot in job.slots],
+                                            [job.source for job in group for _ in job.slots])
+                for job in group:
+                    job.bucket = bucket
+        c = self._config
+        for job in admitted:
+            job.position, job.generated = 0, []
+            if job.num_beams > 1:
+                job.beams = BeamSearch(job.num_beams, job.max_new_tokens, c.decoder_start_token_id,
+                                       c.eos_token_id, c.pad_token_id, job.forced, job.length_penalty)
+        return len(groups)
 
     def _step(self) -> None:
         b, pad = len(self._slots), self._config.pad_token_id
@@ -368,7 +440,9 @@ class SlotEngine:
 
     def _fail_in_flight(self, error: Exception) -> None:
         with self._cond:
-            jobs = list({id(job): job for job in self._slots if job is not None}.values())
+            jobs = list({id(job): job for job in self._slots if job is not None}.values()) + list(self._staged)
             self._slots = [None] * len(self._slots)
+            self._staged.clear()                      # their staging rows went with the failed state
+            self._stage_rows = list(range(len(self._slots)))
         for job in jobs:   # the state whose buffers the failed call took is rebuilt, zeroed, on the next call
             job.fail(RuntimeError(f"the device call for this request failed: {error}"))

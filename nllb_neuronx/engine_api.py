@@ -79,11 +79,11 @@ class EngineStats:
 
     slots: int
     active_slots: int
-    queue_depth: int
+    queue_depth: int                # requests waiting for a slot (queued, or encoded ahead)
     useful_slot_steps: int
     slot_steps: int
-    encoder_calls: int = 0          # device calls that encoded new requests into slots
-    encoder_seconds: float = 0.0    # wall time in those calls, waited for
+    encoder_calls: int = 0          # device calls that encoded new requests (into slots, or staging rows ahead)
+    encoder_seconds: float = 0.0    # wall time in those calls and in copying staged requests into slots, waited for
     steps: int = 0                  # decode steps (one device call each)
     step_seconds: float = 0.0       # wall time in them, the host's bookkeeping of each step included
     resizes: int = 0                # calls that resized the state to what its active slots need (XLA CPU)

@@ -12,6 +12,7 @@ from nllb_neuronx.decoder import build_decoder
 from nllb_neuronx.encoder import build_encoder
 from nllb_neuronx.program_spec import ProgramShapes
 from nllb_neuronx.reorder import build_reorder
+from nllb_neuronx.slot_copy import build_slot_copy
 from nllb_neuronx.slot_encoder import build_slot_encoder
 from nllb_neuronx.slot_reorder import build_slot_reorder
 from nllb_neuronx.resize import build_resize
@@ -23,7 +24,7 @@ class ProgramKey:
     """One program of a model's shape; the base of the key family. A key names a program within one model (the batch
     size, tp, amp and the model come from `ProgramShapes`) and builds it: `key.build(shapes)` -> `hlo.Module`. `kind`
     says which program: the lockstep path's "encoder", "reorder", "decoder", the slot engine's "slot_encoder",
-    "slot_step", "slot_reorder", and "resize" (both)."""
+    "slot_copy", "slot_step", "slot_reorder", and "resize" (both)."""
 
     kind: ClassVar[str] = ""
     quantized: bool = field(default=False, kw_only=True)  # int8 weights (the model's `CompileConfig.quantization`)
@@ -100,6 +101,21 @@ class SlotEncoderKey(ProgramKey):
 
     def build(self, shapes: ProgramShapes) -> hlo.Module:
         return build_slot_encoder(shapes, self.rows, self.source_len, self.stored_len or None)
+
+    def canonical(self, shapes: ProgramShapes) -> ProgramKey:
+        return self._spelled_out(shapes, stored_len=shapes.max_source_length)
+
+
+@dataclass(frozen=True)
+class SlotCopyKey(ProgramKey):
+    """The slot engine's copy of one request encoded ahead from its staging row into a slot of the state stored at
+    `stored_len` source positions (0: the largest bucket); `slot_copy.py`."""
+
+    kind: ClassVar[str] = "slot_copy"
+    stored_len: int = 0
+
+    def build(self, shapes: ProgramShapes) -> hlo.Module:
+        return build_slot_copy(shapes, self.stored_len or None)
 
     def canonical(self, shapes: ProgramShapes) -> ProgramKey:
         return self._spelled_out(shapes, stored_len=shapes.max_source_length)

@@ -9,11 +9,11 @@ once (compiled, or loaded from the runtime's caches and store), run with the dev
 The listing holds every program generation can run, the slot engine's included: they are always listed (not only
 once an engine was made), so `save()`, `nllb-neuronx compile` and `export-hlo` give a store from which both
 `sample()` and the engine compile nothing, and the Neuron check covers every program. The cost is compile time ahead
-of time: at batch 8 with the default buckets, 103 programs instead of the lockstep path's 56 (slot encoders per
+of time: at batch 8 with the default buckets, 104 programs instead of the lockstep path's 56 (slot encoders per
 insert size and source bucket, slot steps per head, target and smaller source bucket, the beam step at the largest
-source bucket per target bucket, one slot reorder). On XLA CPU, where the states are stored only as long as their
-rows need (`ProgramShapes.stored_lengths`), 155: reorders and slot encoders per stored length, and the resize
-programs between lengths.
+source bucket per target bucket, one slot reorder, one slot copy for encode-ahead). On XLA CPU, where the states are
+stored only as long as their rows need (`ProgramShapes.stored_lengths`), 159: reorders, slot encoders and slot copies
+per stored length, and the resize programs between lengths.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from typing import Callable, Collection, Mapping
 
 from hlo.runtime import BoundProgram, Program
 
-from nllb_neuronx.program_key import (DecoderKey, EncoderKey, ProgramEvent, ProgramKey, ReorderKey, SlotEncoderKey,
-                                      ResizeKey, SlotReorderKey, SlotStepKey)
+from nllb_neuronx.program_key import (DecoderKey, EncoderKey, ProgramEvent, ProgramKey, ReorderKey, ResizeKey,
+                                      SlotCopyKey, SlotEncoderKey, SlotReorderKey, SlotStepKey)
 from nllb_neuronx.program_spec import ProgramShapes
 from nllb_neuronx.slot_encoder import insert_sizes
 
@@ -69,6 +69,7 @@ def every_program(shapes: ProgramShapes, heads: Collection[str] | None = None) -
         else:  # the lockstep decoder programs, listed above, except the heads only the slot engine runs
             keys += [SlotStepKey(s, head, t).canonical(shapes) for t in c.n_positions for head in SLOT_HEADS
                      if head not in LOCKSTEP_HEADS]
+    keys += [SlotCopyKey(stored) for stored in shapes.state_source_lengths()]
     keys += [SlotReorderKey(t) for t in shapes.state_target_lengths()]
     for side, lengths in (("target", shapes.state_target_lengths()), ("source", shapes.state_source_lengths())):
         keys += [ResizeKey(side, a, b) for a in lengths for b in lengths if a != b]   # grow and shrink

@@ -7,7 +7,9 @@ State (on the device, updated in place by aliasing), B = the model's batch_size 
     encoder_attention_mask    s32[B, S_stored]
 
 `insert()` runs the slot encoder (`slot_encoder.py`) on up to B new sources at their length bucket and writes them
-into the chosen slots. `step()` runs the decoder (`decoder.py`) once, one token per slot, each slot at its own
+into the chosen slots. Encode-ahead: `stage()` runs it on up to B queued sources into rows of a staging area (the
+same tensors at the largest source bucket, `slot_copy.staging_shapes`), and `insert_staged()` copies one staged row
+into a slot when it frees (`slot_copy.py`). `step()` runs the decoder (`decoder.py`) once, one token per slot, each slot at its own
 position; it reads the cache up to the target bucket of the furthest active slot and the cross-attention K/V up to
 the largest source bucket among the active slots. `reorder()` makes slots copies of other slots' self-attention
 caches (beam search, `slot_reorder.py`).
@@ -23,7 +25,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from nllb_neuronx.program_key import ResizeKey, SlotEncoderKey, SlotReorderKey, SlotStepKey
+from nllb_neuronx.program_key import ResizeKey, SlotCopyKey, SlotEncoderKey, SlotReorderKey, SlotStepKey
+from nllb_neuronx.slot_copy import STAGED, staging_shapes
 from nllb_neuronx.slot_encoder import insert_sizes, slot_state_shapes
 
 
@@ -38,6 +41,7 @@ class SlotState:
         self.insert_sizes = insert_sizes(self.batch_size)
         self._build_shapes = model.programs.build_shapes          # the runtime's backend: how the state is stored
         self._tensors: dict[str, object] | None = None
+        self._staging: dict[str, object] | None = None             # encode-ahead rows, made on first use
         self.resizes = 0                                           # resize program calls so far
 
     def _smallest(self) -> tuple[int, int]:
@@ -52,10 +56,13 @@ class SlotState:
 
     def reset(self) -> None:
         """Fresh zero state at the smallest stored lengths (also after a failed device call, whose donated buffers
-        may be gone)."""
+        may be gone). Staged rows are kept (a failed staging call leaves none: they are made again on first use)."""
         target, source = self._smallest()
         shapes = {**self.shapes.cache_shapes(target), **slot_state_shapes(self.shapes, source)}
-        self._tensors = {name: self.model.runtime.put(np.zeros(s.dims, s.dtype.numpy)) for name, s in shapes.items()}
+        self._tensors = self._zeros(shapes)
+
+    def _zeros(self, shapes: dict) -> dict[str, object]:
+        return {name: self.model.runtime.put(np.zeros(s.dims, s.dtype.numpy)) for name, s in shapes.items()}
 
     def _state(self) -> dict[str, object]:
         if self._tensors is None:
@@ -76,28 +83,60 @@ class SlotState:
                 self._tensors = state
                 self.resizes += 1
 
-    def insert(self, slots: list[int], sources: list[np.ndarray]) -> int:
-        """Encode `sources` (1-D id arrays, no padding) and write them into `slots`; returns their source bucket."""
+    def _encoder_inputs(self, rows: list[int], sources: list[np.ndarray]) -> tuple[int, dict[str, np.ndarray]]:
+        """(source bucket, the slot encoder's inputs) writing `sources` (1-D id arrays, no padding) into `rows`: a
+        sub-batch padded to an insert size with copies of its first row (same row, so row 0 is written last)."""
         pad = self.model.config.pad_token_id
         bucket = self.model.compile_config.encoder_bucket(max(len(s) for s in sources))
-        rows = next(k for k in self.insert_sizes if k >= len(slots))
-        ids = np.full((rows, bucket), pad, np.int32)
-        index = np.full(rows, slots[0], np.int32)              # padding rows: row 0's slot, overwritten by row 0
-        for row, (slot, source) in enumerate(zip(slots, sources)):
-            ids[row, : len(source)], index[row] = source, slot
-        ids[len(slots):] = ids[0]
-        mask = (ids != pad).astype(np.int32)
+        k = next(k for k in self.insert_sizes if k >= len(rows))
+        ids = np.full((k, bucket), pad, np.int32)
+        index = np.full(k, rows[0], np.int32)
+        for i, (row, source) in enumerate(zip(rows, sources)):
+            ids[i, : len(source)], index[i] = source, row
+        ids[len(rows):] = ids[0]
+        return bucket, {"input_ids": ids, "attention_mask": (ids != pad).astype(np.int32), "slots": index}
+
+    def _grow_source(self, bucket: int) -> int:
+        """Grow the state's source side to hold `bucket` positions where it is shorter; returns its stored length."""
         stored_target, stored_source = self.stored_lengths
         if bucket > stored_source:
             self._store_at(stored_target, bucket)
             _, stored_source = self.stored_lengths
+        return stored_source
+
+    def insert(self, slots: list[int], sources: list[np.ndarray]) -> int:
+        """Encode `sources` (1-D id arrays, no padding) and write them into `slots`; returns their source bucket."""
+        bucket, inputs = self._encoder_inputs(slots, sources)
+        stored_source = self._grow_source(bucket)
         state = self._state()
         self._tensors = None                                   # donated below: gone if the call fails
         encoder_state = {name: state[name] for name in slot_state_shapes(self.shapes)}
-        out = self.model.run_program(SlotEncoderKey(bucket, rows, stored_source), input_ids=ids,
-                                     attention_mask=mask, slots=index, **encoder_state)
+        out = self.model.run_program(SlotEncoderKey(bucket, len(inputs["slots"]), stored_source), **inputs,
+                                     **encoder_state)
         self._tensors = {**state, **out}
         return bucket
+
+    def stage(self, rows: list[int], sources: list[np.ndarray]) -> int:
+        """Encode `sources` into staging `rows` (0..B-1) for `insert_staged` later; returns their source bucket."""
+        bucket, inputs = self._encoder_inputs(rows, sources)
+        staging = self._staging or self._zeros(staging_shapes(self.shapes))
+        self._staging = None                                   # donated below: gone if the call fails
+        out = self.model.run_program(SlotEncoderKey(bucket, len(inputs["slots"]), self.shapes.max_source_length),
+                                     **inputs, **{name[len(STAGED):]: t for name, t in staging.items()})
+        self._staging = {STAGED + name: t for name, t in out.items()}
+        return bucket
+
+    def insert_staged(self, slot: int, row: int, bucket: int) -> None:
+        """Copy staging `row` (staged at source `bucket`) into `slot`."""
+        if self._staging is None:
+            raise RuntimeError("no staged rows: call stage() first")
+        stored_source = self._grow_source(bucket)
+        state = self._state()
+        self._tensors = None
+        encoder_state = {name: state[name] for name in slot_state_shapes(self.shapes)}
+        out = self.model.run_program(SlotCopyKey(stored_source), row=np.array([row], np.int32),
+                                     slot=np.array([slot], np.int32), **self._staging, **encoder_state)
+        self._tensors = {**state, **out}
 
     def wait(self) -> None:
         """Block until the programs queued so far have finished (they run asynchronously): for timings."""

@@ -133,6 +133,34 @@ def test_admit_batch_encodes_sub_batches_and_changes_no_line(model, tiny_checkpo
         SlotEngine(model, admit_batch=SLOTS + 1)
 
 
+@pytest.mark.parametrize("admission", ["fifo", "longest_first"])
+def test_encode_ahead_batches_the_encoder_and_changes_no_line(model, tiny_checkpoint, admission):
+    """Queued requests encoded up to SLOTS at a time into staging rows, copied into slots as they free: every line
+    still equals HF's alone, in far fewer encoder calls than one per line; beams and seeded sampling unchanged."""
+    _, hf = tiny_checkpoint
+    requests = corpus(hf.config.vocab_size, lengths=[3, 16, 6, 2, 14, 9, 5, 12, 4, 7, 15, 8, 3, 11, 6, 13], seed=4)
+    beam = GenerationRequest(requests[1].input_ids, forced_bos_token_id=5, max_new_tokens=10, num_beams=2)
+    sampled = GenerationRequest(requests[2].input_ids, forced_bos_token_id=6, max_new_tokens=12,
+                                sampling=SamplingParams(temperature=0.8, top_k=20, seed=11))
+    runs = {}
+    for ahead in (False, True):
+        with SlotEngine(model, admission=admission, encode_ahead=ahead) as engine:
+            assert engine.encode_ahead is ahead
+            lines = [ids.tolist() for ids in engine.generate(requests)]
+            stats = engine.stats()
+            others = [engine.submit(r).result().tolist() for r in (beam, sampled)]
+            runs[ahead] = (lines, stats, others)
+            assert engine.stats().queue_depth == 0 and engine.stats().active_slots == 0
+    assert runs[True][0] == runs[False][0] == [hf_line(hf, r) for r in requests]
+    assert runs[True][2] == runs[False][2]
+    assert runs[True][2][0] == hf_line(hf, beam)
+    plain, ahead = runs[False][1], runs[True][1]
+    assert ahead.encoder_calls < plain.encoder_calls                          # sub-batches, not one row a call
+    assert ahead.useful_slot_steps == plain.useful_slot_steps
+    with pytest.raises(ValueError, match="encode_ahead"):
+        SlotEngine(model, encode_ahead="yes")
+
+
 def test_longest_first_admission_changes_no_line_and_keeps_the_order(model, tiny_checkpoint):
     _, hf = tiny_checkpoint
     requests = corpus(hf.config.vocab_size, lengths=[3, 5, 2, 6, 4, 9, 3, 7, 16, 14], seed=3)

@@ -39,7 +39,7 @@ def test_export_writes_every_program_and_a_manifest(tiny_checkpoint, tmp_path):
     assert set(programs) == {"nllb_encoder_b2_s8_tp2", "nllb_reorder_b2_s8_t8_tp2"} | {
         f"nllb_decoder_{head}_b2_p{p}_t8_s8_tp2" for head in ("logits", "greedy", "sample_k16") for p in (1, 2)} | {
         "nllb_decoder_beam_k4_b2_p1_t8_s8_tp2", "nllb_slot_encoder_b2_k1_s8_of8_tp2",
-        "nllb_slot_encoder_b2_k2_s8_of8_tp2", "nllb_slot_reorder_b2_t8_tp2"}
+        "nllb_slot_encoder_b2_k2_s8_of8_tp2", "nllb_slot_copy_b2_of8_tp2", "nllb_slot_reorder_b2_t8_tp2"}
     assert programs["nllb_slot_encoder_b2_k2_s8_of8_tp2"]["key"] == {"kind": "slot_encoder", "source_len": 8, "rows": 2,
                                                                       "stored_len": 8, "quantized": False}
     weights = {s.name for s in sharding.all_weights(NLLBForSampling.from_pretrained(path).config)}
@@ -54,7 +54,8 @@ def test_export_writes_every_program_and_a_manifest(tiny_checkpoint, tmp_path):
         assert text.startswith(f"HloModule {name}") and "ENTRY" in text
         kinds = {p["name"]: p["kind"] for p in entry["parameters"]}
         assert {n for n, k in kinds.items() if k == "weight"} <= weights | {"positions"}
-        assert (kinds.get(hlo.RANK_PARAM) == "rank") == ("reorder" not in name)
+        moves_only = "reorder" in name or "slot_copy" in name                 # no weights read: no rank input
+        assert (kinds.get(hlo.RANK_PARAM) == "rank") == (not moves_only)
     decoder = programs["nllb_decoder_sample_k16_b2_p1_t8_s8_tp2"]
     inputs = [p["name"] for p in decoder["parameters"] if p["kind"] == "input"]
     assert inputs[:4] == ["input_ids", "start", "active", "encoder_attention_mask"] and "uniform" in inputs

@@ -1,8 +1,8 @@
 """Every kind of program a model can run passes hlo.targets.neuron.check: the lockstep encoder, every decoder head
-(logits, greedy, sample) with one and two new tokens, reorder, and the slot engine's encoder, steps (greedy, logits)
-and reorder, at tp 1, 2 and 8, in f32 and bf16. Programs are built, not compiled (building is cheap). A representative
-subset of buckets is checked (every kind at the smallest source bucket, the slot encoder at its largest sub-batch):
-the buckets change only dimensions.
+(logits, greedy, sample) with one and two new tokens, reorder, and the slot engine's encoder, copy, steps (greedy,
+logits) and reorder, at tp 1, 2 and 8, in f32 and bf16. Programs are built, not compiled (building is cheap). A
+representative subset of buckets is checked (every kind at the smallest source bucket, the slot encoder at its largest
+sub-batch): the buckets change only dimensions.
 
 The programs checked here are the ones every CPU test runs, so the CPU tests test the HLO a NeuronCore would get.
 """
@@ -18,7 +18,8 @@ from nllb_neuronx import NLLBForSampling
 from nllb_neuronx.config import CompileConfig, ModelConfig
 from nllb_neuronx.program_key import DecoderKey, SlotStepKey
 
-KINDS = {"encoder", "reorder", "decoder", "slot_encoder", "slot_step", "slot_reorder"}
+KINDS = {"encoder", "reorder", "decoder", "slot_encoder", "slot_copy", "slot_step", "slot_reorder"}
+MOVES_ONLY = {"reorder", "slot_reorder", "slot_copy"}   # programs that move state and read no weight: no rank input
 
 
 def representative(keys: list) -> list:
@@ -42,7 +43,7 @@ def check_every_program(model: NLLBForSampling) -> dict[str, int]:
         module = builders[key]()
         violations = neuron.check(module, num_replicas=tp)
         assert violations == [], f"{module.name}:\n{neuron.report(violations)}"
-        assert (hlo.RANK_PARAM in module.params) == (tp > 1 and "reorder" not in key.kind), module.name
+        assert (hlo.RANK_PARAM in module.params) == (tp > 1 and key.kind not in MOVES_ONLY), module.name
         found[module.name] = len(module.params)
     return found
 
@@ -56,11 +57,13 @@ def test_every_program_is_clean(tiny_model, tp, amp):
     names = check_every_program(model)
     kinds = {name.split("_b2_")[0] for name in names}                             # batch_size=2
     assert kinds == {"nllb_encoder", "nllb_reorder", "nllb_decoder_logits", "nllb_decoder_greedy",
-                     "nllb_decoder_sample_k256", "nllb_decoder_beam_k4", "nllb_slot_encoder", "nllb_slot_reorder"}
+                     "nllb_decoder_sample_k256", "nllb_decoder_beam_k4", "nllb_slot_encoder", "nllb_slot_copy",
+                     "nllb_slot_reorder"}
     slots = {f"nllb_decoder_{h}_b2_p1_t8_s8_of16_tp{tp}"                             # steps: 8 of 16 stored
              for h in ("greedy", "beam_k4", "sample_k256")}
-    assert {n for n in names if "_of16_" in n} == slots | {f"nllb_slot_encoder_b2_k2_s8_of16_tp{tp}"}
-    assert len(names) == 1 + 1 + 2 * 3 + 1 + 3 + 1  # encoder, reorder, decoders (P 1 and 2, 3 heads), slot programs
+    assert {n for n in names if "_of16_" in n} == slots | {f"nllb_slot_encoder_b2_k2_s8_of16_tp{tp}",
+                                                            f"nllb_slot_copy_b2_of16_tp{tp}"}
+    assert len(names) == 1 + 1 + 2 * 3 + 1 + 3 + 1 + 1  # encoder, reorder, decoders (P 1 and 2, 3 heads), slot programs
 
 
 @pytest.mark.parametrize("tp", [1, 2])
@@ -69,7 +72,7 @@ def test_every_int8_program_is_clean(tiny_checkpoint, tp):
     path, _ = tiny_checkpoint
     model = NLLBForSampling.from_pretrained(path, batch_size=2, tp_degree=tp, n_positions=[8],
                                             encoder_buckets=[8, 16], amp="bf16", backend="neuron", quantization="s8")
-    assert len(check_every_program(model)) == 1 + 1 + 2 * 3 + 1 + 3 + 1
+    assert len(check_every_program(model)) == 1 + 1 + 2 * 3 + 1 + 3 + 1 + 1
 
 
 NLLB_600M = ModelConfig(vocab_size=256206, d_model=1024, encoder_layers=12, decoder_layers=12,

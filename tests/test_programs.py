@@ -19,8 +19,8 @@ def test_default_shape_lists_no_prefix_program_that_never_runs(tiny_checkpoint):
     heads = 3                                                          # logits, greedy, sample
     lockstep = 4 * 2 + 4 * 3 * heads + 4 * heads                       # encoder + reorder, 1-token steps, prefixes: 56
     slot_heads = 3                                                     # greedy, sample, beam
-    # slot encoders (insert size 1 at batch 1), steps (below S_max; at S_max the beam head only), reorder
-    slots = 4 * 1 + 3 * 3 * slot_heads + 3 + 1
+    # slot encoders (insert size 1 at batch 1), steps (below S_max; at S_max the beam head only), reorder, slot copy
+    slots = 4 * 1 + 3 * 3 * slot_heads + 3 + 1 + 1
     assert len(keys) == lockstep + slots
     # at the largest source bucket the slot step reads all the stored K/V: the lockstep program, listed once
     assert SlotStepKey(256, "greedy", 64).canonical(model.shapes) == DecoderKey(256, "greedy", 1, 64)
@@ -36,11 +36,12 @@ def test_save_compiles_exactly_the_listed_programs_and_generation_needs_no_other
     if model.programs.build_shapes.reads_stored_caches:
         # XLA CPU: the states are stored at what their rows need (`stored_lengths`): a lockstep reorder per stored
         # target length; the slot engine's encoders (1, 2, 3 rows), beam steps at both target buckets (its other
-        # steps are the lockstep decoders: one source bucket), a reorder per target length, a resize each way
-        assert len(listed) == lockstep + 1 + 3 + 2 + 2 + 2
+        # steps are the lockstep decoders: one source bucket), a reorder per target length, a resize each way, the
+        # slot copy (encode-ahead)
+        assert len(listed) == lockstep + 1 + 3 + 2 + 2 + 2 + 1
     else:
-        assert len(listed) == lockstep + 3 + 1 + 2   # slot encoders (1, 2, 3 rows), reorder, beam steps; the rest:
-        #                                              the lockstep decoder's
+        assert len(listed) == lockstep + 3 + 1 + 2 + 1   # slot encoders (1, 2, 3 rows), reorder, beam steps, slot
+        #                                                  copy; the rest: the lockstep decoder's
     assert len(names) == len(listed)                 # each its own program
     model.save(str(tmp_path))
     assert len(list((tmp_path / "programs").iterdir())) == len(names)
