@@ -172,8 +172,9 @@ class SlotEngine:
     def stats(self) -> EngineStats:
         with self._cond:
             return EngineStats(slots=len(self._slots), active_slots=sum(job is not None for job in self._slots),
-                               queue_depth=len(self._queue) + len(self._staged), useful_slot_steps=self._useful_slot_steps,
-                               slot_steps=self._slot_steps, resizes=self._state.resizes, **self._time)
+                               queue_depth=len(self._queue) + len(self._staged),
+                               useful_slot_steps=self._useful_slot_steps, slot_steps=self._slot_steps,
+                               resizes=self._state.resizes, **self._time)
 
     def close(self, drain: bool = True) -> None:
         """Stop accepting requests; finish the queued and active ones (`drain`), or cancel them. Waits for the loop."""
@@ -210,10 +211,11 @@ class SlotEngine:
             while True:
                 if self._closed:
                     raise EngineClosed("the engine is closed; create a new SlotEngine")
-                if self._max_queue is None or len(self._queue) < self._max_queue:
+                waiting = len(self._queue) + len(self._staged)             # encoded ahead: still waiting
+                if self._max_queue is None or waiting < self._max_queue:
                     break
                 if not block:
-                    raise QueueFull(f"{len(self._queue)} requests are queued already (max_queue={self._max_queue})")
+                    raise QueueFull(f"{waiting} requests are queued already (max_queue={self._max_queue})")
                 self._cond.wait()
             self._queue.append(job)
             self._cond.notify_all()

@@ -9,10 +9,10 @@ State (on the device, updated in place by aliasing), B = the model's batch_size 
 `insert()` runs the slot encoder (`slot_encoder.py`) on up to B new sources at their length bucket and writes them
 into the chosen slots. Encode-ahead: `stage()` runs it on up to B queued sources into rows of a staging area (the
 same tensors at the largest source bucket, `slot_copy.staging_shapes`), and `insert_staged()` copies one staged row
-into a slot when it frees (`slot_copy.py`). `step()` runs the decoder (`decoder.py`) once, one token per slot, each slot at its own
-position; it reads the cache up to the target bucket of the furthest active slot and the cross-attention K/V up to
-the largest source bucket among the active slots. `reorder()` makes slots copies of other slots' self-attention
-caches (beam search, `slot_reorder.py`).
+into a slot when it frees (`slot_copy.py`). `step()` runs the decoder (`decoder.py`) once, one token per slot, each
+slot at its own position; it reads the cache up to the target bucket of the furthest active slot and the
+cross-attention K/V up to the largest source bucket among the active slots. `reorder()` makes slots copies of other
+slots' self-attention caches (beam search, `slot_reorder.py`).
 
 Stored lengths (`ProgramShapes.stored_lengths`): on Neuron the largest buckets, for good (a step reads its buckets of
 them). On XLA CPU, where a step reads every stored position, the state follows what the active slots need: before a
