@@ -53,6 +53,7 @@ def test_tiny_corpus_from_an_empty_cache(trained_model, tmp_path):
     lockstep = by_engine["nllb_neuronx-lockstep"]
     assert lockstep["identical_to_hf"] == lockstep["compared_to_hf"] == lines, lockstep["differs_from_hf"]
     assert 0 < lockstep["slot_occupancy"] < 1           # rows of different lengths share a batch
+    assert 0 < lockstep["encoder_seconds"] < lockstep["wall_s"]
     if HAVE_ENGINE:
         engine = by_engine["nllb_neuronx"]
         assert engine["identical_to_hf"] == lines and 0 < engine["slot_occupancy"] <= 1
