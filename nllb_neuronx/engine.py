@@ -69,7 +69,7 @@ class _Job:
     position: int = 0                   # tokens fed so far = the position of the next token fed
     bucket: int = 0                     # source bucket it was encoded at
     slots: list[int] = field(default_factory=list)       # its slots: one, or one per beam
-    stage_row: int = -1                                  # its staging row while encoded ahead (encode_ahead)
+    stage_row: int = -1                                  # its staging row once encoded ahead (encode_ahead)
     beams: BeamSearch | None = None
     sampling: SamplingParams | None = None
     rng: np.random.Generator | None = None          # the request's own generator (sampling only)
@@ -122,7 +122,6 @@ class SlotEngine:
         self._slots: list[_Job | None] = [None] * model.batch_size
         self._queue: collections.deque[_Job] = collections.deque()
         self._staged: collections.deque[_Job] = collections.deque()   # encoded ahead, in admission order
-        self._stage_rows = list(range(model.batch_size))               # free staging rows
         self._cond = threading.Condition()
         self._closed = False
         self._useful_slot_steps = self._slot_steps = 0
@@ -273,7 +272,6 @@ class SlotEngine:
 
     def _drop_cancelled(self) -> None:
         self._queue = collections.deque(j for j in self._queue if not j.future.cancelled())
-        self._stage_rows += [j.stage_row for j in self._staged if j.future.cancelled()]
         self._staged = collections.deque(j for j in self._staged if not j.future.cancelled())
         for slot, job in enumerate(self._slots):
             if job is not None and job.future.cancelled():
@@ -291,14 +289,20 @@ class SlotEngine:
         free = sum(job is None for job in self._slots)
         if not self._queue or sum(j.num_beams for j in self._staged) >= free:
             return []
-        taken = []
-        while self._queue and self._stage_rows:
+        taken, rows = [], self._free_stage_rows()
+        while self._queue and rows:
             job = self._next_queued()
             self._queue.remove(job)
-            job.stage_row = self._stage_rows.pop(0)
+            job.stage_row = rows.pop(0)
             taken.append(job)
         self._staged.extend(taken)
         return taken
+
+    def _free_stage_rows(self) -> list[int]:
+        """Staging rows no request encoded ahead holds (only the loop thread stages and copies, so an admitted
+        job's row is copied before it can be reused)."""
+        held = {job.stage_row for job in self._staged}
+        return [row for row in range(len(self._slots)) if row not in held]
 
     def _take_admissions(self) -> list[_Job]:
         """Waiting jobs (encoded ahead, or queued) for the free slots in the admission policy's order (a request with
@@ -346,8 +350,6 @@ class SlotEngine:
             for job in admitted:
                 for slot in job.slots:
                     self._state.insert_staged(slot, job.stage_row, job.bucket)
-                self._stage_rows.append(job.stage_row)
-                job.stage_row = -1
             groups = []
         else:
             groups = self._by_bucket(admitted)
@@ -445,6 +447,5 @@ class SlotEngine:
             jobs = list({id(job): job for job in self._slots if job is not None}.values()) + list(self._staged)
             self._slots = [None] * len(self._slots)
             self._staged.clear()                      # their staging rows went with the failed state
-            self._stage_rows = list(range(len(self._slots)))
         for job in jobs:   # the state whose buffers the failed call took is rebuilt, zeroed, on the next call
             job.fail(RuntimeError(f"the device call for this request failed: {error}"))

@@ -108,12 +108,7 @@ class SlotState:
         """Encode `sources` (1-D id arrays, no padding) and write them into `slots`; returns their source bucket."""
         bucket, inputs = self._encoder_inputs(slots, sources)
         stored_source = self._grow_source(bucket)
-        state = self._state()
-        self._tensors = None                                   # donated below: gone if the call fails
-        encoder_state = {name: state[name] for name in slot_state_shapes(self.shapes)}
-        out = self.model.run_program(SlotEncoderKey(bucket, len(inputs["slots"]), stored_source), **inputs,
-                                     **encoder_state)
-        self._tensors = {**state, **out}
+        self._update_encoder_side(SlotEncoderKey(bucket, len(inputs["slots"]), stored_source), **inputs)
         return bucket
 
     def stage(self, rows: list[int], sources: list[np.ndarray]) -> int:
@@ -131,11 +126,15 @@ class SlotState:
         if self._staging is None:
             raise RuntimeError("no staged rows: call stage() first")
         stored_source = self._grow_source(bucket)
+        self._update_encoder_side(SlotCopyKey(stored_source), row=np.array([row], np.int32),
+                                  slot=np.array([slot], np.int32), **self._staging)
+
+    def _update_encoder_side(self, key, **inputs) -> None:
+        """Run program `key`, which updates the state's encoder side (cross K/V and source mask) in place."""
         state = self._state()
-        self._tensors = None
+        self._tensors = None                                   # donated below: gone if the call fails
         encoder_state = {name: state[name] for name in slot_state_shapes(self.shapes)}
-        out = self.model.run_program(SlotCopyKey(stored_source), row=np.array([row], np.int32),
-                                     slot=np.array([slot], np.int32), **self._staging, **encoder_state)
+        out = self.model.run_program(key, **inputs, **encoder_state)
         self._tensors = {**state, **out}
 
     def wait(self) -> None:
