@@ -9,6 +9,7 @@ cannot serialize the executable (PJRT CPU cannot serialize a sort's comparator),
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -31,7 +32,19 @@ log = logging.getLogger(__name__)
 # hlo.runtime.neuron's pjrt route; construct it through get_runtime("neuron", ...), which checks tp and core placement.
 _PLATFORMS = {"xla-cpu": "cpu", "xla-gpu": "gpu", "neuron": "neuron"}
 HLO_SUFFIX = ".hlo.pb"  # a stored program the backend cannot serialize: its HloModuleProto, compiled when loaded
-_EXECUTABLES: dict[str, object] = {}  # in-process compile cache: key|device ids -> loaded executable
+
+
+@dataclasses.dataclass
+class _Loaded:
+    """A loaded executable and the bytes a store holds it as. Those bytes are what goes into another store: PJRT CPU
+    serializing an executable it had itself deserialized drops compiled kernels (jaxlib 0.10.2: a DUS fusion's code
+    is gone, and the copy fails when run with "NOT_FOUND: Function bitcast_dynamic-update-slice_fusion not found";
+    `tests/hlo/test_runtime.py`), so an executable is serialized at most once, right after it was compiled."""
+    executable: object
+    blob: bytes | None = None   # None: compiled in this process and not serialized yet
+
+
+_EXECUTABLES: dict[str, _Loaded] = {}  # in-process compile cache: key|device ids -> loaded executable
 
 
 def clear_compile_cache() -> None:
@@ -109,16 +122,16 @@ class XlaRuntime(Runtime):
     def compile(self, module: Module) -> Program:
         key = self.artifact_key(module)
         memory_key = key + "|" + ",".join(str(d.id) for d in self.devices)
-        executable = _EXECUTABLES.get(memory_key)
-        if executable is None:
-            executable = self._load(module, key)  # from the store
-            if executable is None:
-                executable = self._compile(module, key, CompileEvent.NEW)
-                self._persist(module, key, executable, replace=True)  # new, or replacing an unreadable file
-            _EXECUTABLES[memory_key] = executable
+        loaded = _EXECUTABLES.get(memory_key)
+        if loaded is None:
+            loaded = self._load(module, key)  # from the store
+            if loaded is None:
+                loaded = _Loaded(self._compile(module, key, CompileEvent.NEW))
+                self._persist(module, key, loaded, replace=True)  # new, or replacing an unreadable file
+            _EXECUTABLES[memory_key] = loaded
         else:
-            self._persist(module, key, executable)  # compiled earlier in this process: into the store too
-        return Program(self, module, executable)
+            self._persist(module, key, loaded)  # compiled or loaded earlier in this process: into this store too
+        return Program(self, module, loaded.executable)
 
     def _compile(self, module: Module, key: str, reason: str):
         start = time.perf_counter()
@@ -141,22 +154,23 @@ class XlaRuntime(Runtime):
         key = self.artifact_key(module)
         return self.store_dir is not None and (self._path(key).exists() or self._path(key, HLO_SUFFIX).exists())
 
-    def _load(self, module: Module, key: str):
+    def _load(self, module: Module, key: str) -> _Loaded | None:
         if self.store_dir is None:
             return None
         if self._path(key).exists():
+            blob = self._path(key).read_bytes()
             try:
-                return _jaxlib.deserialize(self._path(key).read_bytes(), self.devices)
+                return _Loaded(_jaxlib.deserialize(blob, self.devices), blob)
             except Exception as e:  # a stale or foreign file: recompile rather than fail
                 log.warning("ignoring unreadable cached executable %s: %s", self._path(key), e)
                 return None
         if self._path(key, HLO_SUFFIX).exists():
             log.info("program %s is stored as HLO (%s cannot serialize its executable): compiling it", module.name,
                      self.backend)
-            return self._compile(module, key, CompileEvent.STORED_AS_HLO)
+            return _Loaded(self._compile(module, key, CompileEvent.STORED_AS_HLO))
         return None
 
-    def _persist(self, module: Module, key: str, executable, replace: bool = False) -> None:
+    def _persist(self, module: Module, key: str, loaded: _Loaded, replace: bool = False) -> None:
         if self.store_dir is None:
             return
         if not replace and (self._path(key).exists() or self._path(key, HLO_SUFFIX).exists()):
@@ -165,14 +179,15 @@ class XlaRuntime(Runtime):
             self._store(key + HLO_SUFFIX, module.serialize())
             return
         try:
-            blob = _jaxlib.serialize(executable)
+            if loaded.blob is None:
+                loaded.blob = _jaxlib.serialize(loaded.executable)
         except _jaxlib.XlaRuntimeError as e:
             # e.g. PJRT CPU: "UNIMPLEMENTED: 'LessThan' is not serializable", seen for the sampling head
             log.info("program %s: %s cannot serialize its executable (%s); storing its HLO, compiled when loaded",
                      module.name, self.backend, str(e).splitlines()[0])
             self._store(key + HLO_SUFFIX, module.serialize())
             return
-        self._store(key + ".pjrt", blob)
+        self._store(key + ".pjrt", loaded.blob)
 
     def _store(self, name: str, blob: bytes) -> None:
         self.store_dir.mkdir(parents=True, exist_ok=True)

@@ -257,6 +257,46 @@ def test_compile_cache_on_disk_written_on_in_memory_hit(monkeypatch, tmp_path):
     np.testing.assert_array_equal(program(x=np.ones(3, np.float32))["y"].numpy(), np.full(3, 9.0, np.float32))
 
 
+def _slot_copy_module() -> hlo.Module:
+    """Copies row `row` of `staged` into row `slot` of `state` in place: a dynamic-slice and an aliased
+    dynamic-update-slice, the kind of program whose kernels PJRT CPU loses when it re-serializes a loaded one."""
+    spec = hlo.ParamSpec(row=s32[1], slot=s32[1], staged=f32[4, 2, 16, 8], state=f32[4, 2, 16, 8])
+
+    def copy(p):
+        row, slot, zero = hlo.reshape(p.row, []), hlo.reshape(p.slot, []), hlo.constant(0, s32)
+        update = hlo.dynamic_slice(p.staged, [row, zero, zero, zero], [1, 2, 16, 8])         # [1, 2, 16, 8]
+        return {"state": hlo.dynamic_update_slice(p.state, update, [slot, zero, zero, zero]), "row": p.row}
+
+    return hlo.build("store_copy_test", spec, copy, aliases={"state": "state"})
+
+
+def test_a_program_loaded_from_one_store_runs_from_another(tmp_path):
+    """A process that loads its programs from one store and saves them into another (a server handing its store to
+    Ray replicas) writes the bytes it loaded: the program runs when loaded from the second store in a new process."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    module = _slot_copy_module()
+    xla_runtime.clear_compile_cache()
+    XlaRuntime("xla-cpu", 1, cache_dir=first).compile(module)
+    xla_runtime.clear_compile_cache()                            # a new process: loads from the first store
+    rt = XlaRuntime("xla-cpu", 1, cache_dir=first)
+    rt.compile(module)
+    rt.use_store(second)
+    rt.compile(module)                                           # in memory: saved into the second store
+    assert rt.compile_count == 0
+    key = rt.artifact_key(module)
+    assert (second / f"{key}.pjrt").read_bytes() == (first / f"{key}.pjrt").read_bytes()
+
+    xla_runtime.clear_compile_cache()                            # a new process: loads from the second store
+    fresh = XlaRuntime("xla-cpu", 1, cache_dir=second)
+    program = fresh.compile(module)
+    assert fresh.compile_count == 0
+    staged = np.arange(4 * 2 * 16 * 8, dtype=np.float32).reshape(4, 2, 16, 8)
+    out = program(row=np.array([2], np.int32), slot=np.array([1], np.int32), staged=staged,
+                  state=np.zeros_like(staged))["state"].numpy()
+    np.testing.assert_array_equal(out[1], staged[2])
+    np.testing.assert_array_equal(out[[0, 2, 3]], 0)
+
+
 def test_artifact_key_depends_on_module_and_tp(runtimes):
     a, b = _fresh_module(1.0), _fresh_module(2.0)
     rt1, rt2 = runtimes(1), runtimes(2)
