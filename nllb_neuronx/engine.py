@@ -95,17 +95,17 @@ class SlotEngine:
     admitted last would run on alone while the other slots idle. A request can wait while longer ones keep
     arriving, so use it where the input is bounded (`generate()`'s read-ahead window is).
 
-    `encode_ahead` (off by default: see README, "Continuous batching"): when a slot frees and no request encoded
-    ahead waits for it, encode up to B queued requests at once (`admission`'s order, one slot-encoder call per
-    source bucket) into staging rows, and copy each into a slot as slots free (`SlotState.stage`, `insert_staged`).
-    An encoder call for one row costs about what it costs for several where the encoder is bound by reading its
-    weights, and on XLA CPU one row ran at half the rate of eight (benchmarks/RESULTS.md), so a busy engine encodes
-    in sub-batches without idling slots. The price: device memory for B more rows of cross-attention K/V at the
-    largest source bucket, and the first request of a burst waits for its sub-batch's encoder call. Off: each
-    request is encoded straight into its slot when one frees (and `admit_batch` may group them)."""
+    `encode_ahead` (the default): when a slot frees and no request encoded ahead waits for it, encode up to B
+    queued requests at once (`admission`'s order, one slot-encoder call per source bucket) into staging rows, and
+    copy each into a slot as slots free (`SlotState.stage`, `insert_staged`). An encoder call for one row costs about
+    what it costs for several where the encoder is bound by reading its weights, and on XLA CPU one row ran at half
+    the rate of eight (benchmarks/RESULTS.md), so a busy engine encodes in sub-batches without idling slots. The
+    price: device memory for B more rows of cross-attention K/V at the largest source bucket, and the first request
+    of a burst waits for its sub-batch's encoder call. Off: each request is encoded straight into its slot when one
+    frees (and `admit_batch` may group them)."""
 
     def __init__(self, model, max_queue: int | None = None, admit_batch: int = 1, admission: str = "fifo",
-                 encode_ahead: bool = False):
+                 encode_ahead: bool = True):
         if max_queue is not None and max_queue < 1:
             raise ValueError(f"max_queue must be a positive number of requests or None (no limit), got {max_queue}")
         if not isinstance(admit_batch, int) or not 1 <= admit_batch <= model.batch_size:
