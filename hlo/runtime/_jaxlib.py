@@ -48,8 +48,19 @@ def devices(platform: str) -> list:
         return []
 
 
-def to_stablehlo(module_bytes: bytes):
-    return _jax.mlir.hlo_to_stablehlo(module_bytes)
+def to_stablehlo(module_bytes: bytes, single_aliased_output: bool = False):
+    """StableHLO of serialized HloModuleProto bytes. `single_aliased_output`: the module's one output updates a
+    parameter in place. XLA's importer then returns that output as a bare tensor but keeps the alias at output index
+    {0} of the tuple it removed, and compiling fails ("Trying to set up alias at {0} which is an invalid index");
+    the alias is moved to index {} (the whole result), as jax writes a donated single result."""
+    mlir = _jax.mlir.hlo_to_stablehlo(module_bytes)
+    if not single_aliased_output:
+        return mlir
+    from jax._src.interpreters import mlir as jax_mlir
+    from jax._src.lib.mlir import ir
+    with jax_mlir.make_ir_context():
+        text = str(ir.Module.parse(mlir))
+    return text.replace("output_index = array<i64: 0>", "output_index = array<i64>", 1)
 
 
 def compile_replicated(mlir, devs: list, num_replicas: int):

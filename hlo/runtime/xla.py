@@ -136,8 +136,8 @@ class XlaRuntime(Runtime):
     def _compile(self, module: Module, key: str, reason: str):
         start = time.perf_counter()
         try:
-            executable = _jaxlib.compile_replicated(_jaxlib.to_stablehlo(module.serialize()), self.devices,
-                                                    self.tp_degree)
+            mlir = _jaxlib.to_stablehlo(module.serialize(), len(module.outputs) == 1 and bool(module.aliases))
+            executable = _jaxlib.compile_replicated(mlir, self.devices, self.tp_degree)
         except _jaxlib.XlaRuntimeError as e:
             raise RuntimeError(f"XLA could not compile program {module.name!r}: {e}") from e
         seconds = time.perf_counter() - start

@@ -171,6 +171,23 @@ def test_aliased_parameter_fed_from_host_and_non_aliased_input_survives(rt1):
     np.testing.assert_array_equal(row.numpy(), np.ones((1, 3), np.float32))
 
 
+@pytest.mark.parametrize("tp", [1, 2])
+def test_a_single_aliased_output_is_updated_in_place(runtimes, tp):
+    """A program whose one output updates a parameter in place compiles (XLA's importer drops the one-element tuple
+    but kept the alias at its index) and donates the parameter's buffer."""
+    rt = runtimes(tp)
+    spec = hlo.ParamSpec(cache=f32[4, 3], row=f32[1, 3], pos=s32[1])
+    program = rt.compile(hlo.build(
+        "one_aliased_output", spec,
+        lambda p: {"cache": hlo.dynamic_update_slice(p.cache, p.row, [hlo.reshape(p.pos, []), hlo.constant(0, s32)])},
+        aliases={"cache": "cache"}))
+    cache = rt.put(np.zeros((4, 3), np.float32))
+    out = program(cache=cache, row=np.ones((1, 3), np.float32), pos=np.array([2], np.int32))["cache"]
+    assert cache.deleted
+    for r in range(tp):
+        np.testing.assert_array_equal(out.numpy(r), np.array([[0] * 3, [0] * 3, [1] * 3, [0] * 3], np.float32))
+
+
 # ------------------------------------------------------------------------------------------------------ compile cache
 
 def _fresh_module(tag: float):
