@@ -66,14 +66,28 @@ def host_cpu_features(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> tuple[str
     return (platform.machine(), platform.processor())
 
 
+# XLA_FLAGS that do not change what a program compiles to: the number of virtual CPU devices (tp is in the key)
+_KEY_NEUTRAL_FLAGS = ("--xla_force_host_platform_device_count",)
+
+
+def compile_flags(xla_flags: str | None = None) -> tuple[str, ...]:
+    """The flags of `XLA_FLAGS` (default: this process's environment) that can change compiled code, sorted: part of
+    a stored executable's key, so that one compiled with, say, `--xla_cpu_max_isa=AVX2` or another YNNPACK setting
+    is not loaded by a process that runs with other flags."""
+    flags = os.environ.get("XLA_FLAGS", "") if xla_flags is None else xla_flags
+    return tuple(sorted(f for f in flags.split() if f.split("=", 1)[0] not in _KEY_NEUTRAL_FLAGS))
+
+
 def executable_key(module_bytes: bytes, platform_name: str, tp_degree: int, jax_version: str, device_kind: str,
-                   cpu_features: Sequence[str] = ()) -> str:
-    """The store key of a compiled XLA program: its HLO, platform, tp, jaxlib, device kind and, on CPU, the CPU's
-    features (`host_cpu_features()`)."""
+                   cpu_features: Sequence[str] = (), xla_flags: Sequence[str] = ()) -> str:
+    """The store key of a compiled XLA program: its HLO, platform, tp, jaxlib, device kind, on CPU the CPU's
+    features (`host_cpu_features()`), and the XLA flags it was compiled under (`compile_flags()`)."""
     h = hashlib.sha256(module_bytes)
     h.update(f"|{platform_name}|tp={tp_degree}|jaxlib={jax_version}|{device_kind}".encode())
     if cpu_features:
         h.update(("|cpu=" + " ".join(sorted(cpu_features))).encode())
+    if xla_flags:
+        h.update(("|flags=" + " ".join(sorted(xla_flags))).encode())
     return h.hexdigest()[:32]
 
 
@@ -103,13 +117,14 @@ class XlaRuntime(Runtime):
         self.devices = devs[:tp_degree]
         self.replicas = _jaxlib.Replicas(self.devices)
         self._cpu_features = host_cpu_features() if self.platform == "cpu" else ()
+        self._xla_flags = compile_flags()   # XLA reads XLA_FLAGS once, when its first backend starts: as it is now
         self.store_executables = store_executables
         self.use_store(cache_dir or None)
 
     # ------------------------------------------------------------------------------------------------ compile
     def artifact_key(self, module: Module) -> str:
         return executable_key(module.serialize(), self.platform, self.tp_degree, _jaxlib.jax.__version__,
-                              str(self.devices[0].device_kind), self._cpu_features)
+                              str(self.devices[0].device_kind), self._cpu_features, self._xla_flags)
 
     def versions(self) -> dict[str, str]:
         return _jaxlib.versions()

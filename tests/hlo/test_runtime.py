@@ -338,6 +338,27 @@ def test_artifact_key_carries_the_cpu_features(tmp_path):
     assert rt.artifact_key(_fresh_module(1.5)) == here
 
 
+def test_artifact_key_carries_the_xla_flags(monkeypatch):
+    """An executable compiled under other XLA_FLAGS (another ISA, another dot library) is another store entry; the
+    virtual device count, which does not change a program, is left out."""
+    module = _fresh_module(1.75)
+    assert xla_runtime.compile_flags("--xla_cpu_max_isa=AVX2  --xla_force_host_platform_device_count=8") == (
+        "--xla_cpu_max_isa=AVX2",)
+
+    def key(flags):
+        return xla_runtime.executable_key(module.serialize(), "cpu", 1, "0.10.2", "cpu", ("avx2",),
+                                          xla_runtime.compile_flags(flags))
+    assert key("") == key("--xla_force_host_platform_device_count=8")
+    assert key("") != key("--xla_cpu_max_isa=AVX2")
+    assert key("--xla_cpu_max_isa=AVX2 --xla_cpu_use_xnnpack=false") == key(
+        "--xla_cpu_use_xnnpack=false --xla_cpu_max_isa=AVX2")
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    plain = XlaRuntime("xla-cpu", 1).artifact_key(module)
+    monkeypatch.setenv("XLA_FLAGS", "--xla_cpu_use_xnnpack=false")   # a runtime keys programs by the flags it sees
+    assert xla_runtime.compile_flags() == ("--xla_cpu_use_xnnpack=false",)
+    assert XlaRuntime("xla-cpu", 1).artifact_key(module) != plain
+
+
 def test_a_program_stored_as_hlo_is_compiled_on_load(tmp_path, caplog):
     """What a store holds for a program the backend cannot serialize (PJRT CPU has refused the sampling head:
     "'LessThan' is not serializable"): its HLO, compiled when loaded, with a log line and a compile event saying so.
