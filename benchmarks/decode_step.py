@@ -21,12 +21,12 @@ import time
 from pathlib import Path
 
 import numpy as np
+import shapes as bench_shapes  # benchmarks/shapes.py: this script's directory is on sys.path
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shape", default="nllb-200-distilled-600M")
-    parser.add_argument("--model", default=None, help="checkpoint directory (default: the cached random weights)")
+    bench_shapes.add_checkpoint_args(parser)
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--tp", type=int, default=1)
     parser.add_argument("--src-len", type=int, default=32)
@@ -41,7 +41,7 @@ def main(argv=None) -> int:
 
     from nllb_neuronx import NLLBForSampling, QuantizationConfig
 
-    path = args.model or str(Path.home() / ".cache" / "nllb_neuronx" / "bench" / args.shape)
+    path, checkpoint = bench_shapes.checkpoint_of(args)
     positions = args.bucket if args.unroll else args.steps + 8
     model = NLLBForSampling.from_pretrained(path, batch_size=args.batch_size, tp_degree=args.tp,
                                             n_positions=[positions], encoder_buckets=[args.src_len],
@@ -50,7 +50,7 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(0)
     ids = rng.integers(4, model.config.vocab_size, (args.batch_size, args.src_len))
     ids[:, -1] = model.config.eos_token_id
-    record = {"shape": args.shape, "batch_size": args.batch_size, "tp_degree": args.tp,
+    record = {**checkpoint, "batch_size": args.batch_size, "tp_degree": args.tp,
               "xla_flags": os.environ.get("XLA_FLAGS", ""), "load_average": os.getloadavg()[0],
               "quantize": args.quantize}
     if args.unroll:

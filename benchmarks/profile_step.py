@@ -48,6 +48,7 @@ from nllb_neuronx import decoder_layer, heads, layers
 from nllb_neuronx.decoder import build_decoder
 from nllb_neuronx.program_key import CustomProgramKey, DecoderKey, ProgramKey
 from nllb_neuronx.program_spec import ProgramShapes, layer_name, weight_params
+import shapes as bench_shapes  # benchmarks/shapes.py: this script's directory is on sys.path
 
 
 def _spec(shapes: ProgramShapes, names: list[str], **inputs) -> hlo.ParamSpec:
@@ -103,7 +104,7 @@ def build_projections(shapes: ProgramShapes) -> hlo.Module:
 def build_attention(shapes: ProgramShapes, bucket: int, source_len: int) -> hlo.Module:
     m, b, par = shapes.model, shapes.batch_size, shapes.parallel
     n, d = par.heads_local, par.head_dim
-    cache_len, _ = shapes.stored_lengths(bucket, source_len)     # as the decoder stores them on this backend
+    cache_len = shapes.stored_target_length(bucket)              # as the decoder stores them on this backend
     state = {**shapes.cache_shapes(cache_len), **shapes.cross_shapes(source_len)}
     spec = hlo.ParamSpec(x=f32[n * d, b], start=s32[b], encoder_attention_mask=s32[b, source_len])
     for name, shape in state.items():
@@ -181,8 +182,7 @@ def no_all_reduce():
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shape", default="nllb-200-distilled-600M")
-    parser.add_argument("--model", default=None, help="checkpoint directory (default: the cached random weights)")
+    bench_shapes.add_checkpoint_args(parser)
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--tp", type=int, default=1)
     parser.add_argument("--src-len", type=int, default=32)
@@ -194,7 +194,7 @@ def main(argv=None) -> int:
 
     from nllb_neuronx import NLLBForSampling
 
-    path = args.model or str(Path.home() / ".cache" / "nllb_neuronx" / "bench" / args.shape)
+    path, checkpoint = bench_shapes.checkpoint_of(args)
     model = NLLBForSampling.from_pretrained(path, batch_size=args.batch_size, tp_degree=args.tp,
                                             n_positions=[args.bucket], encoder_buckets=[args.src_len]).to_neuron()
     shapes, b, t, s = model.programs.build_shapes, args.batch_size, args.bucket, args.src_len
@@ -317,7 +317,8 @@ def report(args, med: dict, times: dict, compile_s: dict, model) -> None:
         print(f"{kind:60s} {ms:8.2f} {'':8s} {ms / step:7.1%}")
     print(f"{'sum of the kinds':60s} {total:8.2f} {'':8s} {total / step:7.1%}")
     print(f"{'host loop (next_tokens - step)':60s} {med['next_tokens'] - step:8.2f}")
-    record = {"shape": args.shape, "batch_size": args.batch_size, "tp_degree": args.tp, "bucket": args.bucket,
+    _, checkpoint = bench_shapes.checkpoint_of(args)
+    record = {**checkpoint, "batch_size": args.batch_size, "tp_degree": args.tp, "bucket": args.bucket,
               "src_len": args.src_len, "rounds": args.rounds, "load_average": os.getloadavg()[0],
               "xla_flags": os.environ.get("XLA_FLAGS", ""), "ms_p50": med,
               "ms_p10": {n: float(np.percentile(v, 10)) for n, v in times.items()},

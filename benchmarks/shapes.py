@@ -40,6 +40,21 @@ def checkpoint_dir(shape: str, cache_root: Path) -> Path:
     return Path(cache_root) / shape
 
 
+def add_checkpoint_args(parser, default_shape: str = "nllb-200-distilled-600M") -> None:
+    """--shape and --model, as the single-model scripts (profile_step, decode_step, slot_costs) take them."""
+    parser.add_argument("--shape", choices=sorted(SHAPES), default=default_shape,
+                        help="use the random weights generate.py caches for this shape (run it once first)")
+    parser.add_argument("--model", default=None, help="a checkpoint directory instead of --shape's random weights")
+
+
+def checkpoint_of(args) -> tuple[str, dict]:
+    """(the checkpoint to load, what a record says about it): the --model directory, or --shape's cached random
+    weights (`DEFAULT_CACHE_ROOT`, as generate.py writes them)."""
+    if args.model:
+        return args.model, {"model": str(args.model)}
+    return str(checkpoint_dir(args.shape, DEFAULT_CACHE_ROOT)), {"shape": args.shape}
+
+
 def checkpoint_ready(path: Path) -> bool:
     return (path / "config.json").exists() and any(path.glob("*.safetensors")) and (path / ".complete").exists()
 

@@ -31,12 +31,12 @@ import numpy as np
 
 from hlo.types import s32
 from nllb_neuronx.program_key import CustomProgramKey
+import shapes as bench_shapes  # benchmarks/shapes.py: this script's directory is on sys.path
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shape", default="nllb-200-distilled-600M")
-    parser.add_argument("--model", default=None, help="checkpoint directory (default: the cached random weights)")
+    bench_shapes.add_checkpoint_args(parser)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--src-len", type=int, default=32)
     parser.add_argument("--max-src-len", type=int, default=128)
@@ -55,7 +55,7 @@ def main(argv=None) -> int:
 
     buckets = [int(t) for t in args.n_positions.split(",")]
     encoder_buckets = [int(s) for s in args.encoder_buckets.split(",") if s]
-    path = args.model or str(Path.home() / ".cache" / "nllb_neuronx" / "bench" / args.shape)
+    path, checkpoint = bench_shapes.checkpoint_of(args)
     model = NLLBForSampling.from_pretrained(
         path, batch_size=args.batch_size, n_positions=buckets,
         encoder_buckets=sorted({args.src_len, args.max_src_len, *encoder_buckets})).to_neuron()
@@ -131,7 +131,7 @@ def main(argv=None) -> int:
     for _ in range(args.steps):
         for name, call in calls.items():
             times[name].append(call() * 1e3)
-    record = {"shape": args.shape, "batch_size": b, "n_positions": buckets, "src_len": args.src_len,
+    record = {**checkpoint, "batch_size": b, "n_positions": buckets, "src_len": args.src_len,
               "stored_source": stored, "steps": args.steps, "encoder_buckets": encoder_buckets,
               **{f"{n}_ms_p50": round(float(np.median(v)), 2) for n, v in times.items()},
               **{f"{n}_ms_p10": round(float(np.percentile(v, 10)), 2) for n, v in times.items()}}

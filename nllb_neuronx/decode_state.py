@@ -65,7 +65,7 @@ class DecodeState:
     def reset(self) -> None:
         """Forget the target side: the next decode starts at position 0 (the source stays encoded)."""
         self.programs.require_runtime()
-        smallest, _ = self.programs.build_shapes.stored_lengths(self.compile_config.n_positions[0], 0)
+        smallest = self.programs.build_shapes.stored_target_length(self.compile_config.n_positions[0])
         if self.cache_length != smallest or any(t.deleted for t in self.caches.values()):
             self._fresh_caches(smallest)
         self.position = 0
@@ -77,7 +77,7 @@ class DecodeState:
 
     def _store_caches_at(self, bucket: int) -> None:
         """Caches that hold target bucket `bucket` as `stored_lengths` says (grown with their contents kept)."""
-        wanted, _ = self.programs.build_shapes.stored_lengths(bucket, 0)
+        wanted = self.programs.build_shapes.stored_target_length(bucket)
         have = self.cache_length
         if have == wanted:
             return

@@ -84,7 +84,7 @@ class DecoderKey(ProgramKey):
     steps: int = 1
 
     def build(self, shapes: ProgramShapes) -> hlo.Module:
-        cache_len, _ = shapes.stored_lengths(self.target_len, self.source_len)
+        cache_len = shapes.stored_target_length(self.target_len)
         return build_decoder(shapes, self.new_tokens, self.target_len, self.source_len, self.head,
                              steps=self.steps, cache_len=cache_len)
 

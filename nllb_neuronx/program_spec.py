@@ -74,9 +74,15 @@ class ProgramShapes:
         lockstep caches grow with the batch's position, the slot engine's state follows its active slots, both by
         `resize.py`, so a step reads no more than it needs); elsewhere the largest buckets, one size for good (a step
         reads its buckets of it). The lockstep path stores cross-attention K/V at its own bucket everywhere."""
-        if self.reads_stored_caches:
-            return target_len, source_len
-        return self.compile.max_target_length, self.max_source_length
+        return self.stored_target_length(target_len), self.stored_source_length(source_len)
+
+    def stored_target_length(self, target_len: int) -> int:
+        """The target positions of `stored_lengths` (the lockstep caches need only this side)."""
+        return target_len if self.reads_stored_caches else self.compile.max_target_length
+
+    def stored_source_length(self, source_len: int) -> int:
+        """The source positions of `stored_lengths`."""
+        return source_len if self.reads_stored_caches else self.max_source_length
 
     def state_target_lengths(self) -> tuple[int, ...]:
         """Every target length a decode state's caches may be stored at (`stored_lengths`)."""
