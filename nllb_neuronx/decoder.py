@@ -130,5 +130,5 @@ def build_decoder(shapes: ProgramShapes, new_tokens: int, bucket: int, source_le
     stored = f"_of{cross_len}" if cross_len != source_len else ""
     stored += f"_cache{cache_len}" if cache_len != shapes.compile.max_target_length else ""
     unrolled = f"_x{steps}" if steps > 1 else ""
-    name = f"nllb_decoder_{label}_b{b}_p{p_len}_t{bucket}_s{source_len}{stored}{unrolled}_tp{par.tp}"
+    name = f"nllb_decoder_{label}_b{b}_p{p_len}_t{bucket}_s{source_len}{stored}{unrolled}{shapes.name_suffix}"
     return hlo.build(name, spec, decoder, aliases={n: n for n in cache_names})

@@ -53,4 +53,4 @@ def build_encoder(shapes: ProgramShapes, source_len: int) -> hlo.Module:
         h, cross = encode(p, shapes, p.input_ids, p.attention_mask)
         return {"encoder_hidden_states": h, **cross}
 
-    return hlo.build(f"nllb_encoder_b{b}_s{source_len}_tp{shapes.parallel.tp}", spec, encoder)
+    return hlo.build(f"nllb_encoder_b{b}_s{source_len}{shapes.name_suffix}", spec, encoder)

@@ -93,6 +93,13 @@ class ProgramShapes:
         return tuple(self.compile.encoder_buckets) if self.reads_stored_caches else (self.max_source_length,)
 
     @property
+    def name_suffix(self) -> str:
+        """The end of every program's name: tp, then the amp where it is not f32 and `_s8` for int8 weights, so the
+        programs of models that differ only there have different names (export-hlo writes files by name)."""
+        amp = "" if self.compile.amp == "f32" else f"_{self.compile.amp}"
+        return f"_tp{self.parallel.tp}{amp}{'_s8' if self.quantized else ''}"
+
+    @property
     def dtype(self):
         return dtype_of(self.compile.amp)
 

@@ -23,5 +23,5 @@ def build_reorder(shapes: ProgramShapes, source_len: int, target_len: int | None
         return {name: hlo.take(p[name], p.index, axis=0) for name in state}        # [B, N, K, D]
 
     t = shapes.cache_shape(target_len).dims[2]
-    return hlo.build(f"nllb_reorder_b{b}_s{source_len}_t{t}_tp{shapes.parallel.tp}", spec, reorder,
+    return hlo.build(f"nllb_reorder_b{b}_s{source_len}_t{t}{shapes.name_suffix}", spec, reorder,
                      aliases={name: name for name in state})

@@ -53,5 +53,5 @@ def build_resize(shapes: ProgramShapes, side: str, from_len: int, to_len: int) -
     def resize(p: hlo.Params) -> dict[str, hlo.Value]:
         return {name: resized(p[name], axis[name], to_len) for name in state}
 
-    return hlo.build(f"nllb_resize_{side}_{from_len}_to_{to_len}_b{shapes.batch_size}_tp{shapes.parallel.tp}",
+    return hlo.build(f"nllb_resize_{side}_{from_len}_to_{to_len}_b{shapes.batch_size}{shapes.name_suffix}",
                      spec, resize)

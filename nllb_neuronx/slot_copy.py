@@ -51,5 +51,5 @@ def build_slot_copy(shapes: ProgramShapes, stored: int | None = None) -> hlo.Mod
             out[name] = hlo.dynamic_update_slice(p[name], update, [slot, *rest])
         return out
 
-    name = f"nllb_slot_copy_b{shapes.batch_size}_of{stored}_tp{shapes.parallel.tp}"
+    name = f"nllb_slot_copy_b{shapes.batch_size}_of{stored}{shapes.name_suffix}"
     return hlo.build(name, spec, slot_copy, aliases={name: name for name in state})

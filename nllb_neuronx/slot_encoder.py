@@ -69,5 +69,5 @@ def build_slot_encoder(shapes: ProgramShapes, rows: int, source_len: int, stored
                                                                        [slot, zero])
         return state
 
-    name = f"nllb_slot_encoder_b{shapes.batch_size}_k{rows}_s{source_len}_of{stored}_tp{shapes.parallel.tp}"
+    name = f"nllb_slot_encoder_b{shapes.batch_size}_k{rows}_s{source_len}_of{stored}{shapes.name_suffix}"
     return hlo.build(name, spec, slot_encoder, aliases={name: name for name in state_names})

@@ -22,5 +22,5 @@ def build_slot_reorder(shapes: ProgramShapes, target_len: int | None = None) -> 
         return {name: hlo.take(p[name], p.index, axis=0) for name in state}                    # [B, N, T, D]
 
     t = next(iter(state.values())).dims[2]
-    return hlo.build(f"nllb_slot_reorder_b{b}_t{t}_tp{shapes.parallel.tp}", spec, slot_reorder,
+    return hlo.build(f"nllb_slot_reorder_b{b}_t{t}{shapes.name_suffix}", spec, slot_reorder,
                      aliases={name: name for name in state})

@@ -59,10 +59,12 @@ def test_every_program_is_clean(tiny_model, tp, amp):
     assert kinds == {"nllb_encoder", "nllb_reorder", "nllb_decoder_logits", "nllb_decoder_greedy",
                      "nllb_decoder_sample_k256", "nllb_decoder_beam_k4", "nllb_slot_encoder", "nllb_slot_copy",
                      "nllb_slot_reorder"}
-    slots = {f"nllb_decoder_{h}_b2_p1_t8_s8_of16_tp{tp}"                             # steps: 8 of 16 stored
+    suffix = f"_tp{tp}" + ("" if amp == "f32" else f"_{amp}")                        # names differ by amp
+    assert all(name.endswith(suffix) for name in names)
+    slots = {f"nllb_decoder_{h}_b2_p1_t8_s8_of16{suffix}"                            # steps: 8 of 16 stored
              for h in ("greedy", "beam_k4", "sample_k256")}
-    assert {n for n in names if "_of16_" in n} == slots | {f"nllb_slot_encoder_b2_k2_s8_of16_tp{tp}",
-                                                            f"nllb_slot_copy_b2_of16_tp{tp}"}
+    assert {n for n in names if "_of16_" in n} == slots | {f"nllb_slot_encoder_b2_k2_s8_of16{suffix}",
+                                                            f"nllb_slot_copy_b2_of16{suffix}"}
     assert len(names) == 1 + 1 + 2 * 3 + 1 + 3 + 1 + 1  # encoder, reorder, decoders (P 1 and 2, 3 heads), slot programs
 
 
@@ -72,7 +74,9 @@ def test_every_int8_program_is_clean(tiny_checkpoint, tp):
     path, _ = tiny_checkpoint
     model = NLLBForSampling.from_pretrained(path, batch_size=2, tp_degree=tp, n_positions=[8],
                                             encoder_buckets=[8, 16], amp="bf16", backend="neuron", quantization="s8")
-    assert len(check_every_program(model)) == 1 + 1 + 2 * 3 + 1 + 3 + 1 + 1
+    names = check_every_program(model)
+    assert len(names) == 1 + 1 + 2 * 3 + 1 + 3 + 1 + 1
+    assert all(name.endswith(f"_tp{tp}_bf16_s8") for name in names)   # not the names of the bf16 model's programs
 
 
 NLLB_600M = ModelConfig(vocab_size=256206, d_model=1024, encoder_layers=12, decoder_layers=12,
