@@ -17,6 +17,7 @@ silently.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import queue
@@ -82,6 +83,24 @@ class TextError(ValueError):
     def __init__(self, index: int, message: str):
         super().__init__(f"text {index} {message}")
         self.index, self.detail = index, message
+
+    def shifted(self, offset: int) -> "TextError":
+        """The same error for the text `offset` places further on (its index in a whole stream, not in a block)."""
+        error = copy.copy(self)
+        error.index = self.index + offset
+        error.args = (f"text {error.index} {self.detail}",)
+        return error
+
+
+class TextTooLong(TextError):
+    """A text with more tokens than the largest encoder bucket, and `split_long` off: a front end names its own way
+    to turn splitting on (the message names the Python argument and the CLI flag)."""
+
+    def __init__(self, index: int, tokens: int, limit: int):
+        super().__init__(index, f"has {tokens} tokens, more than the largest encoder bucket ({limit}); pass "
+                                "split_long=True (CLI: --split-long) to split long inputs on sentence boundaries, "
+                                "or compile with a larger encoder bucket")
+        self.tokens, self.limit = tokens, limit
 
 
 class Translator:
@@ -185,10 +204,7 @@ class Translator:
         if len(ids) <= limit:
             return [ids]
         if not split_long:
-            raise TextError(
-                index, f"has {len(ids)} tokens, more than the largest encoder bucket ({limit}); pass "
-                "split_long=True (CLI: --split-long) to split long inputs on sentence boundaries, or compile "
-                "with a larger encoder bucket")
+            raise TextTooLong(index, len(ids), limit)
         pieces = []
         for sentence in split_sentences(text):
             ids = self._encode(sentence, src_lang)
@@ -255,7 +271,7 @@ class Translator:
                                               max_new_tokens=max_new_tokens, split_long=split_long,
                                               **translate_kwargs)
                 except TextError as e:  # its index in the whole stream, not in the block
-                    raise TextError(done + e.index, e.detail) from None
+                    raise e.shifted(done) from None
                 done += len(block)
             if error is not None:
                 raise error

@@ -205,6 +205,24 @@ def test_too_long_text_is_400_unless_split_long(server, translator):
                                                             split_long=True)
 
 
+def test_split_lines_and_seeded_sampling_as_the_translator(server, translator):
+    """The server makes its engine requests with the Translator's own: a split line's sentences are rejoined as the
+    Translator does (nothing between them for an unspaced script), and each line of a seeded request draws from its
+    own seed derived from the request's, not all from the same one."""
+    long_text = "The cat sat on the mat. " * 6
+    r = v1(server, texts=[long_text, "Hi."], source="eng_Latn", target=["zho_Hans", "fra_Latn"], split_long=True)
+    assert r.status_code == 200
+    assert r.json()["translations"] == translator.translate([long_text, "Hi."], "eng_Latn", ["zho_Hans", "fra_Latn"],
+                                                            split_long=True)
+    texts = ["How are you?"] * 3
+    r = v1(server, texts=texts, source="eng_Latn", target="fra_Latn", max_new_tokens=12,
+           sampling={"temperature": 1.5, "top_k": 40, "seed": 7})
+    assert r.status_code == 200
+    expected = translator.translate(texts, "eng_Latn", "fra_Latn", max_new_tokens=12, do_sample=True,
+                                    temperature=1.5, top_k=40, seed=7)
+    assert r.json()["translations"] == expected and len(set(expected)) > 1
+
+
 def test_client_disconnect_withdraws_its_lines(server):
     before = server.metric("nllb_lines_cancelled_total", reason="disconnect")
     with pytest.raises(httpx.ReadTimeout):

@@ -5,16 +5,15 @@
     futures = service.submit(job)                                       # QueueFull (a 503) when the queue is full
     service.finish(job, [f.result() for f in futures]).translations
 
-Every non-empty text becomes one engine request (or one per sentence with `split_long`), tokenized with the
-checkpoint's tokenizer for the source language, with its own target-language token. Empty texts give empty
-translations. Nothing is truncated: a text longer than the largest encoder bucket is an error naming it.
+Every non-empty text becomes one engine request (or one per sentence with `split_long`) made by the `Translator`'s
+`requests()`, so the server tokenizes, splits sentences, derives seeds and rejoins sentences (`sentence_separator`)
+as the Translator and the CLI do. Empty texts give empty translations. Nothing is truncated: a text longer than the
+largest encoder bucket is an error naming it.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import re
-import threading
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -22,9 +21,7 @@ import numpy as np
 
 from nllb_neuronx.engine_api import Engine, GenerationRequest, SamplingParams
 from nllb_neuronx.model import NLLBForSampling
-from nllb_neuronx.translator import Translator
-
-_SENTENCE_END = re.compile(r"(?<=[.!?。！？])\s+")
+from nllb_neuronx.translator import TextError, TextTooLong, Translator, sentence_separator
 
 
 class RequestError(ValueError):
@@ -41,11 +38,13 @@ class TranslationOptions:
 
 @dataclass
 class TranslationJob:
-    """A request's lines as engine requests: `owners[i]` is the text index of `requests[i]`."""
+    """A request's lines as engine requests: `owners[i]` is the text index of `requests[i]`; `targets[t]` is text
+    t's target language."""
 
     texts: int
     requests: list[GenerationRequest]
     owners: list[int]
+    targets: list[str]
     input_tokens: int = field(init=False)
 
     def __post_init__(self):
@@ -68,10 +67,9 @@ class TranslationService:
         self.max_lines = max_lines
         self.encoder_limit = model.compile_config.encoder_buckets[-1]
         self.max_new_tokens = model.compile_config.max_target_length
-        self._languages = Translator(tokenizer, model)        # language codes and their checks, with close matches
-        self._codes = self._languages.language_codes()
+        self._translator = Translator(tokenizer, model)   # language checks, tokenizing and splitting (not its engine)
+        self._codes = self._translator.language_codes()
         self._ids: dict[str, int] = {}
-        self._tokenizer_lock = threading.Lock()                 # the tokenizer's src_lang is shared state
 
     # ------------------------------------------------------------------------------------------------ languages
     def language_codes(self) -> list[str]:
@@ -82,7 +80,7 @@ class TranslationService:
             raise RequestError(f"{field_name} must be a language code string, got {type(code).__name__}")
         if code not in self._ids:
             try:
-                self._ids[code] = self._languages.language_id(code)
+                self._ids[code] = self._translator.language_id(code)
             except ValueError as e:
                 raise RequestError(f"{field_name}: {e}") from None
         return self._ids[code]
@@ -97,7 +95,8 @@ class TranslationService:
             raise RequestError(f"target has {len(targets)} codes for {len(texts)} texts: give one code, or one per "
                                "text")
         self.language_id(source, "source")
-        forced = [self.language_id(code) for code in targets]
+        for code in targets:
+            self.language_id(code)
         default = min(self.model.generation_defaults.max_new_tokens, self.max_new_tokens)  # as Translator's
         max_new = default if options.max_new_tokens is None else options.max_new_tokens
         if not 1 <= max_new <= self.max_new_tokens:
@@ -108,43 +107,21 @@ class TranslationService:
                                f"{options.num_beams}")
         if options.num_beams > 1 and options.sampling is not None:
             raise RequestError("num_beams > 1 with sampling is not supported: give one or the other")
-        requests, owners = [], []
-        for index, ids in self._pieces(texts, source, options.split_long):
-            requests.append(GenerationRequest(ids, forced[index], max_new, options.num_beams, options.sampling))
-            owners.append(index)
+        try:
+            per_text = self._translator.requests(texts, source, targets, options.num_beams, max_new,
+                                                 options.sampling, options.split_long)
+        except TextTooLong as e:
+            raise RequestError(f"text {e.index} has {e.tokens} tokens, more than the largest encoder bucket "
+                               f"({e.limit}); pass \"split_long\": true to split it on sentence boundaries, or "
+                               "send shorter texts") from None
+        except TextError as e:
+            raise RequestError(str(e)) from None
+        requests = [request for text_requests in per_text for request in text_requests]
+        owners = [index for index, text_requests in enumerate(per_text) for _ in text_requests]
         if self.max_lines is not None and len(requests) > self.max_lines:
             raise RequestError(f"the request has {len(requests)} lines to translate; this server queues at most "
                                f"{self.max_lines} per request (--max-queue): send fewer texts per request")
-        return TranslationJob(len(texts), requests, owners)
-
-    def _pieces(self, texts: list[str], source: str, split_long: bool) -> list[tuple[int, list[int]]]:
-        pieces = []
-        with self._tokenizer_lock:
-            self.tokenizer.src_lang = source
-            for index, text in enumerate(texts):
-                if not isinstance(text, str):
-                    raise RequestError(f"text {index} is {type(text).__name__}, not a string")
-                if not text.strip():
-                    continue
-                ids = self._encode(text)
-                if len(ids) <= self.encoder_limit:
-                    pieces.append((index, ids))
-                    continue
-                if not split_long:
-                    raise RequestError(
-                        f"text {index} has {len(ids)} tokens, more than the largest encoder bucket "
-                        f"({self.encoder_limit}); pass \"split_long\": true to split it on sentence boundaries, or "
-                        "send shorter texts")
-                for sentence in _SENTENCE_END.split(text.strip()):
-                    ids = self._encode(sentence)
-                    if len(ids) > self.encoder_limit:
-                        raise RequestError(f"text {index} has a sentence of {len(ids)} tokens, more than the largest "
-                                           f"encoder bucket ({self.encoder_limit}), even split on sentence boundaries")
-                    pieces.append((index, ids))
-        return pieces
-
-    def _encode(self, text: str) -> list[int]:
-        return list(self.tokenizer(text)["input_ids"])
+        return TranslationJob(len(texts), requests, owners, targets)
 
     def submit(self, job: TranslationJob) -> list[concurrent.futures.Future]:
         """All of a job's lines into the engine, or none: on QueueFull the lines already queued are withdrawn."""
@@ -165,7 +142,8 @@ class TranslationService:
         for owner, text in zip(job.owners, texts):
             parts[owner].append(text)
         output_tokens = sum(max(len(o) - 2, 0) for o in outputs)
-        return TranslationResult([" ".join(p) for p in parts], job.input_tokens, output_tokens)
+        joined = [sentence_separator(target).join(p) for p, target in zip(parts, job.targets)]
+        return TranslationResult(joined, job.input_tokens, output_tokens)
 
     def translate(self, texts: Sequence[str], source: str, target: str | Sequence[str],
                   options: TranslationOptions = TranslationOptions(), timeout: float | None = None) \
