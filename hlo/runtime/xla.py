@@ -34,14 +34,16 @@ _PLATFORMS = {"xla-cpu": "cpu", "xla-gpu": "gpu", "neuron": "neuron"}
 HLO_SUFFIX = ".hlo.pb"  # a stored program the backend cannot serialize: its HloModuleProto, compiled when loaded
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class _Loaded:
-    """A loaded executable and the bytes a store holds it as. Those bytes are what goes into another store: PJRT CPU
-    serializing an executable it had itself deserialized drops compiled kernels (jaxlib 0.10.2: a DUS fusion's code
-    is gone, and the copy fails when run with "NOT_FOUND: Function bitcast_dynamic-update-slice_fusion not found";
-    `tests/hlo/test_runtime.py`), so an executable is serialized at most once, right after it was compiled."""
+    """A loaded executable and the store file it was read from (None: compiled in this process). Saving it into
+    another store copies that file: PJRT CPU serializing an executable it had itself deserialized drops compiled
+    kernels (jaxlib 0.10.2: a dynamic-update-slice fusion's code is gone, and the copy fails when run with
+    "NOT_FOUND: Function bitcast_dynamic-update-slice_fusion not found"; `tests/hlo/test_runtime.py`), so only an
+    executable compiled in this process is ever serialized. The file, not its bytes, is kept: an executable averages
+    about 0.7 MB at the 600M shape, a model has up to 159 of them."""
     executable: object
-    blob: bytes | None = None   # None: compiled in this process and not serialized yet
+    source: Path | None = None
 
 
 _EXECUTABLES: dict[str, _Loaded] = {}  # in-process compile cache: key|device ids -> loaded executable
@@ -173,9 +175,8 @@ class XlaRuntime(Runtime):
         if self.store_dir is None:
             return None
         if self._path(key).exists():
-            blob = self._path(key).read_bytes()
             try:
-                return _Loaded(_jaxlib.deserialize(blob, self.devices), blob)
+                return _Loaded(_jaxlib.deserialize(self._path(key).read_bytes(), self.devices), self._path(key))
             except Exception as e:  # a stale or foreign file: recompile rather than fail
                 log.warning("ignoring unreadable cached executable %s: %s", self._path(key), e)
                 return None
@@ -193,16 +194,22 @@ class XlaRuntime(Runtime):
         if not self.store_executables:
             self._store(key + HLO_SUFFIX, module.serialize())
             return
+        if loaded.source is not None:       # loaded from another store: that file, never a re-serialization
+            try:
+                self._store(key + ".pjrt", loaded.source.read_bytes())
+            except OSError as e:              # gone since: the HLO, compiled when loaded
+                log.info("program %s: the file it was loaded from is unreadable (%s); storing its HLO", module.name, e)
+                self._store(key + HLO_SUFFIX, module.serialize())
+            return
         try:
-            if loaded.blob is None:
-                loaded.blob = _jaxlib.serialize(loaded.executable)
+            blob = _jaxlib.serialize(loaded.executable)
         except _jaxlib.XlaRuntimeError as e:
             # e.g. PJRT CPU: "UNIMPLEMENTED: 'LessThan' is not serializable", seen for the sampling head
             log.info("program %s: %s cannot serialize its executable (%s); storing its HLO, compiled when loaded",
                      module.name, self.backend, str(e).splitlines()[0])
             self._store(key + HLO_SUFFIX, module.serialize())
             return
-        self._store(key + ".pjrt", loaded.blob)
+        self._store(key + ".pjrt", blob)
 
     def _store(self, name: str, blob: bytes) -> None:
         self.store_dir.mkdir(parents=True, exist_ok=True)

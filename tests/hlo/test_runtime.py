@@ -313,6 +313,18 @@ def test_a_program_loaded_from_one_store_runs_from_another(tmp_path):
     np.testing.assert_array_equal(out[1], staged[2])
     np.testing.assert_array_equal(out[[0, 2, 3]], 0)
 
+    # the file it was loaded from gone by the time it is saved again: its HLO is stored, compiled when loaded
+    (second / f"{key}.pjrt").unlink()
+    fresh.use_store(tmp_path / "third")
+    fresh.compile(module)
+    assert (tmp_path / "third" / f"{key}.hlo.pb").exists() and not (tmp_path / "third" / f"{key}.pjrt").exists()
+    xla_runtime.clear_compile_cache()
+    last = XlaRuntime("xla-cpu", 1, cache_dir=tmp_path / "third")
+    out = last.compile(module)(row=np.array([0], np.int32), slot=np.array([3], np.int32), staged=staged,
+                               state=np.zeros_like(staged))["state"].numpy()
+    assert last.compile_count == 1                                 # compiled from the stored HLO
+    np.testing.assert_array_equal(out[3], staged[0])
+
 
 def test_artifact_key_depends_on_module_and_tp(runtimes):
     a, b = _fresh_module(1.0), _fresh_module(2.0)
