@@ -13,8 +13,9 @@ SlotEngine), nllb_neuronx-int8 (the same with int8 weights; its records hold its
 f32 output: token_agreement_f32 position by position, identical_to_f32 / compared_to_f32 lines, and, when
 nllb_neuronx ran first, decision_agreement_f32 over decisions_compared_f32: int8's greedy choice after each prefix of
 f32's output, `nllb_neuronx.agreement`), nllb_neuronx-lockstep (sample() on length-sorted batches), ct2-float32 /
-ct2-int8 (translate_iterable, CT2's own length sorting), hf (generate() on length-sorted batches; `--hf-lines` for a subset). Same batch size,
-threads and max_new_tokens for all; each engine and batch size in its own worker process (as generate.py).
+ct2-int8 (translate_iterable, CT2's own length sorting), hf (generate() on length-sorted batches; `--hf-lines` for
+a subset). Same batch size, threads and max_new_tokens for all; each engine and batch size in its own worker process
+(as generate.py).
 """
 
 from __future__ import annotations
