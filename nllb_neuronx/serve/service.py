@@ -65,7 +65,6 @@ class TranslationService:
         self.engine, self.tokenizer, self.model = engine, tokenizer, model
         self.model_name = model_name or model.checkpoint.path.name
         self.max_lines = max_lines
-        self.encoder_limit = model.compile_config.encoder_buckets[-1]
         self.max_new_tokens = model.compile_config.max_target_length
         self._translator = Translator(tokenizer, model)   # language checks, tokenizing and splitting (not its engine)
         self._codes = self._translator.language_codes()
@@ -97,8 +96,9 @@ class TranslationService:
         self.language_id(source, "source")
         for code in targets:
             self.language_id(code)
-        default = min(self.model.generation_defaults.max_new_tokens, self.max_new_tokens)  # as Translator's
-        max_new = default if options.max_new_tokens is None else options.max_new_tokens
+        max_new = options.max_new_tokens
+        if max_new is None:
+            max_new = self._translator.default_max_new_tokens()
         if not 1 <= max_new <= self.max_new_tokens:
             raise RequestError(f"max_new_tokens must lie in [1, {self.max_new_tokens}] (the largest decoder bucket "
                                f"this server compiled), got {max_new}")
