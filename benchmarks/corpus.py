@@ -72,6 +72,9 @@ def parse_args(argv=None):
                         "HF sort by length too")
     p.add_argument("--encode-ahead", default="on", choices=("on", "off"),
                    help="the SlotEngine encodes queued lines ahead in sub-batches (SlotEngine(encode_ahead=...))")
+    p.add_argument("--long-slots", type=int, default=None,
+                   help="slots whose caches the SlotEngine keeps in the long segment (SlotEngine(long_slots=...); "
+                        "default: its own, a quarter of them on XLA CPU)")
     p.add_argument("--backend", default=None, help="nllb_neuronx backend (default: its own choice)")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="threads (cores) for every engine")
     p.add_argument("--seed", type=int, default=0, help="corpus seed")
@@ -329,7 +332,7 @@ def main(argv=None) -> int:
         base = {"checkpoint": checkpoint, "lines": done["lines"], "src_lang": SRC_LANG, "tgt_lang": TGT_LANG,
                 "max_new_tokens": args.max_new_tokens, "threads": args.threads, "tp": args.tp,
                 "backend": args.backend, "hf_lines": args.hf_lines, "admit_batch": args.admit_batch,
-                "admission": args.admission, "encode_ahead": args.encode_ahead == "on",
+                "admission": args.admission, "encode_ahead": args.encode_ahead == "on", "long_slots": args.long_slots,
                 "encoder_buckets": buckets(max(lengths)),
                 "n_positions": buckets(args.max_new_tokens + 2, 64)}
         records = []

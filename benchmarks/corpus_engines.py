@@ -100,7 +100,8 @@ def run_slot_engine(job: dict, log, quantization: str | None = None) -> dict:
     compile_s = time.perf_counter() - t
     log(f"compile_all: {compiled} programs in {compile_s:.1f} s")
     engine = SlotEngine(model, admit_batch=min(job.get("admit_batch") or 1, run.batch_size),
-                        admission=job.get("admission") or "fifo", encode_ahead=bool(job.get("encode_ahead")))
+                        admission=job.get("admission") or "fifo", encode_ahead=bool(job.get("encode_ahead")),
+                        long_slots=job.get("long_slots"))
 
     before = {}
 
@@ -124,12 +125,12 @@ def run_slot_engine(job: dict, log, quantization: str | None = None) -> dict:
         result.update(teacher_forced_agreement(model, run, job["f32_reference"]))
     occupancy = (last.useful_slot_steps - first.useful_slot_steps) / max(1, last.slot_steps - first.slot_steps)
     spent = {k: getattr(last, k) - getattr(first, k) for k in ("encoder_calls", "encoder_seconds", "steps",
-                                                                "step_seconds", "resizes")}
+                                                                "step_seconds", "resizes", "moves")}
     amp = "f32" if quantization is None else "s8 weights (linears + LM head), f32 activations"
     return {**result, "load_s": load_s, "compile_s": compile_s, "backend": model.runtime.backend, "amp": amp,
             "slot_occupancy": occupancy, "programs_compiled": model.runtime.compile_count - compiles,
             "admit_batch": engine.admit_batch, "admission": engine.admission, "encode_ahead": engine.encode_ahead,
-            **spent,
+            "long_slots": engine.long_slots, **spent,
             "timing": "SlotEngine.generate over every line at once; latency = when the line came out of the "
                       "iterator (input order); occupancy = useful slot-steps / all slot-steps of the timed run "
                       "(engine.stats())"}

@@ -34,16 +34,27 @@ import hlo
 from hlo import nn
 from hlo.types import f32, s32
 
-from nllb_neuronx import beam_head, decoder_layer, heads, layers
+from nllb_neuronx import beam_head, decoder_layer, heads, layers, slot_segments
 from nllb_neuronx.heads import HEADS
 from nllb_neuronx.program_spec import ProgramShapes, layer_name, weight_params
 
 
+def causal_mask(start: hlo.Value, p_len: int, bucket: int) -> hlo.Value:
+    """Additive self-attention mask [B, P, T] of P new tokens per row, row b's at positions [start[b], start[b] + P):
+    each reads the cache positions up to its own."""
+    b = start.dims[0]
+    query_pos = hlo.iota(s32[b, p_len, bucket], 1) + hlo.broadcast_in_dim(start, [b, p_len, bucket], [0])
+    return layers.additive_mask(hlo.compare(hlo.iota(s32[b, p_len, bucket], 2), query_pos, "LE"))
+
+
 def build_decoder(shapes: ProgramShapes, new_tokens: int, bucket: int, source_len: int, head: str,
-                  cross_len: int | None = None, steps: int = 1, cache_len: int | None = None) -> hlo.Module:
+                  cross_len: int | None = None, steps: int = 1, cache_len: int | None = None,
+                  long_rows: int = 0, long_len: int = 0) -> hlo.Module:
     """`cross_len`: source positions the cross-attention K/V and mask are stored at (default `source_len`).
     `cache_len`: target positions the self-attention caches are stored at (default the largest target bucket).
-    `steps`: greedy decode steps unrolled into the program (only with head "greedy" and one new token)."""
+    `steps`: greedy decode steps unrolled into the program (only with head "greedy" and one new token).
+    `long_rows` > 0: the caches of the last `long_rows` rows are the long segment (`slot_segments.py`), stored and
+    read at `long_len` >= `cache_len` positions; the other rows' at `cache_len` (read whole)."""
     if head not in HEADS:
         raise ValueError(f"decoder head must be one of {HEADS}, got {head!r}")
     if not isinstance(steps, int) or steps < 1 or (steps > 1 and (head != "greedy" or new_tokens != 1)):
@@ -55,14 +66,24 @@ def build_decoder(shapes: ProgramShapes, new_tokens: int, bucket: int, source_le
         raise ValueError(f"cross_len {cross_len} must hold source_len {source_len}")
     if cache_len < bucket:
         raise ValueError(f"cache_len {cache_len} must hold the target bucket {bucket}")
+    segments = slot_segments.segments(shapes.batch_size, long_rows)
+    if long_rows and (steps > 1 or long_len < cache_len):
+        raise ValueError(f"a split cache takes one step per call and a long segment at least cache_len {cache_len} "
+                         f"long; got steps={steps}, long_len={long_len}")
+    if long_rows:
+        bucket = cache_len                  # the segments are read whole
     if shapes.reads_stored_caches:  # XLA CPU: every stored position, masked (a shorter read is a copy there)
         bucket, source_len = cache_len, cross_len
     m, b, par, p_len = shapes.model, shapes.batch_size, shapes.parallel, new_tokens
     spec = hlo.ParamSpec(input_ids=s32[b, p_len], start=s32[b], active=s32[b],
                          encoder_attention_mask=s32[b, cross_len], positions=shapes.positions_shape)
-    for name, shape in {**shapes.cache_shapes(cache_len), **shapes.cross_shapes(cross_len)}.items():
+    lengths = (cache_len, long_len)[: len(segments)]                                 # stored (and read) per segment
+    buckets = (bucket, long_len)[: len(segments)]
+    cache_shapes = {name: shape for seg, t in zip(segments, lengths)
+                    for name, shape in seg.cache_shapes(shapes, t).items()}
+    for name, shape in {**cache_shapes, **shapes.cross_shapes(cross_len)}.items():
         spec.add(name, shape)
-    cache_names = shapes.cache_names()
+    cache_names = list(cache_shapes)
     if head == "sample":
         spec.add("temperature", f32[b]).add("top_k", s32[b]).add("top_p", f32[b]).add("uniform", f32[b])  # per row
     if head == "beam":
@@ -82,14 +103,17 @@ def build_decoder(shapes: ProgramShapes, new_tokens: int, bucket: int, source_le
         h = h + hlo.convert(hlo.take(p.positions, hlo.transpose(position_ids, columns)), h.dtype)  # [P, B, H]
         h = hlo.reshape(hlo.transpose(h, [2, 0, 1]), [m.d_model, p_len * b])                     # [H, P*B]
 
-        query_pos = hlo.iota(s32[b, p_len, bucket], 1) + hlo.broadcast_in_dim(start, [b, p_len, bucket], [0])
-        self_mask = layers.additive_mask(hlo.compare(hlo.iota(s32[b, p_len, bucket], 2), query_pos, "LE"))
+        starts = [decoder_layer.rows_of(start, seg.first, seg.rows) for seg in segments]        # s32[B_j] each
+        self_masks = [causal_mask(s, p_len, t) for s, t in zip(starts, buckets)]                 # [B_j, P, T_j]
         caches = dict(caches)
         for i in range(m.decoder_layers):
-            k, v = layer_name("cache_k", i), layer_name("cache_v", i)
+            names = [(seg.prefix + layer_name("cache_k", i), seg.prefix + layer_name("cache_v", i)) for seg in segments]
             cross = (p[layer_name("cross_k", i)], p[layer_name("cross_v", i)])                    # [B, N, S, D]
-            h, (caches[k], caches[v]) = decoder_layer.decoder_layer(h, self_mask, cross_mask, (caches[k], caches[v]),
-                                                                    cross, w, i, start, bucket, par)
+            h, updated = decoder_layer.decoder_layer(h, self_masks, cross_mask,
+                                                     [(caches[k], caches[v]) for k, v in names], cross, w, i, starts,
+                                                     par)
+            for (k, v), (new_k, new_v) in zip(names, updated):
+                caches[k], caches[v] = new_k, new_v
         last = hlo.slice_in_dim(h, (p_len - 1) * b, p_len * b, 1)                                # [H, B]
         last = layers.layer_norm(last, w, "decoder.layer_norm", axis=0)
         return layers.lm_head(last, w, par), caches                                              # [V_local, B] f32
@@ -129,6 +153,7 @@ def build_decoder(shapes: ProgramShapes, new_tokens: int, bucket: int, source_le
              "beam": f"beam_k{beam_head.candidates_for(b)}"}.get(head, head)
     stored = f"_of{cross_len}" if cross_len != source_len else ""
     stored += f"_cache{cache_len}" if cache_len != shapes.compile.max_target_length else ""
+    stored += f"_long{long_rows}x{long_len}" if long_rows else ""
     unrolled = f"_x{steps}" if steps > 1 else ""
     name = f"nllb_decoder_{label}_b{b}_p{p_len}_t{bucket}_s{source_len}{stored}{unrolled}{shapes.name_suffix}"
     return hlo.build(name, spec, decoder, aliases={n: n for n in cache_names})

@@ -39,9 +39,13 @@ def row_parallel(x: hlo.Value, w: Weights, name: str, par: Parallel) -> hlo.Valu
 
 def attend(q: hlo.Value, k: hlo.Value, v: hlo.Value, mask: hlo.Value) -> hlo.Value:
     """Softmax attention of q [B, N, P, D] over k, v [B, N, K, D], additive mask [B, P, K] -> context [N*D, P*B]."""
-    b, n, p, d = q.dims
-    ctx = hlo.transpose(attention(q, k, v, mask), [1, 3, 2, 0])                               # [N, D, P, B]
-    return hlo.reshape(ctx, [n * d, p * b])
+    return context_columns(attention(q, k, v, mask))
+
+
+def context_columns(ctx: hlo.Value) -> hlo.Value:
+    """Attention context [B, N, P, D] -> features first [N*D, P*B]."""
+    b, n, p, d = ctx.dims
+    return hlo.reshape(hlo.transpose(ctx, [1, 3, 2, 0]), [n * d, p * b])                     # [N, D, P, B]
 
 
 def first_positions(cache: hlo.Value, length: int) -> hlo.Value:
@@ -63,25 +67,48 @@ def write_cache(cache: hlo.Value, new: hlo.Value, start: hlo.Value) -> hlo.Value
     return cache
 
 
-def decoder_layer(h, self_mask, cross_mask, caches, cross, w: Weights, layer: int, start, bucket: int,
-                  par: Parallel):
+def rows_of(x: hlo.Value, first: int, rows: int) -> hlo.Value:
+    """Rows [first, first + rows) of x [B, ...]; x itself where that is all of it."""
+    return x if rows == x.dims[0] else hlo.slice_in_dim(x, first, first + rows, 0)
+
+
+def self_attention(q, new_k, new_v, caches, self_masks, starts):
+    """Cached self-attention of q [B, N, P, D] whose keys and values new_k, new_v [B, N, P, D] are written first, the
+    caches in row segments (`slot_segments.py`; one segment: every row): segment j's caches (k, v) [B_j, N, T_j, D],
+    additive mask [B_j, P, T_bucket_j] and start s32[B_j] hold rows [B_0 + .. + B_(j-1), +B_j). Returns (context
+    [N*D, P*B], the updated caches per segment)."""
+    contexts, updated, first = [], [], 0
+    for (cache_k, cache_v), mask, start in zip(caches, self_masks, starts):
+        rows = cache_k.dims[0]
+        cache_k = write_cache(cache_k, rows_of(new_k, first, rows), start)
+        cache_v = write_cache(cache_v, rows_of(new_v, first, rows), start)
+        bucket = mask.dims[2]
+        keys, values = first_positions(cache_k, bucket), first_positions(cache_v, bucket)        # [B_j, N, T, D]
+        contexts.append(attention(rows_of(q, first, rows), keys, values, mask))                  # [B_j, N, P, D]
+        updated.append((cache_k, cache_v))
+        first += rows
+    ctx = contexts[0] if len(contexts) == 1 else hlo.concatenate(contexts, 0)                    # [B, N, P, D]
+    return context_columns(ctx), updated
+
+
+def decoder_layer(h, self_masks, cross_mask, caches, cross, w: Weights, layer: int, starts, par: Parallel):
     """One cached decoder layer over P new tokens, row b at target positions [start[b], start[b] + P).
 
-    h [H, P*B]; self_mask [B, P, T_bucket] and cross_mask [B, P, S] additive; this layer's caches (k, v) [B, N, T, D]
-    are returned updated; its cross (k, v) [B, N, S_stored, D] were written by an encoder program: the first S source
-    positions are read (S_stored >= S, the rest masked by every row that attends here).
+    h [H, P*B]; cross_mask [B, P, S] additive; this layer's self-attention caches in row segments (one: every row),
+    per segment j: caches[j] = (k, v) [B_j, N, T_j, D], returned updated, self_masks[j] [B_j, P, T_bucket_j] additive
+    and starts[j] s32[B_j]; its cross (k, v) [B, N, S_stored, D] were written by an encoder program: the first S
+    source positions are read (S_stored >= S, the rest masked by every row that attends here).
     """
     prefix = f"decoder.layers.{layer}"
-    p_len = self_mask.dims[1]
-    n, scale = par.heads_local, par.head_dim ** -0.5
-    cache_k, cache_v = caches
+    p_len = cross_mask.dims[1]
+    scale = par.head_dim ** -0.5
     x = layer_norm(h, w, f"{prefix}.self_attn_layer_norm", axis=0)
     attn = f"{prefix}.self_attn"
     q = project_heads(x, w, f"{attn}.q_proj", par, p_len, scale)                              # [B, N, P, D]
-    cache_k = write_cache(cache_k, project_heads(x, w, f"{attn}.k_proj", par, p_len), start)
-    cache_v = write_cache(cache_v, project_heads(x, w, f"{attn}.v_proj", par, p_len), start)
-    keys, values = first_positions(cache_k, bucket), first_positions(cache_v, bucket)            # [B, N, T, D]
-    h = h + row_parallel(attend(q, keys, values, self_mask), w, f"{attn}.out_proj", par)
+    new_k = project_heads(x, w, f"{attn}.k_proj", par, p_len)                                 # [B, N, P, D]
+    new_v = project_heads(x, w, f"{attn}.v_proj", par, p_len)
+    ctx, caches = self_attention(q, new_k, new_v, caches, self_masks, starts)                 # [N*D, P*B]
+    h = h + row_parallel(ctx, w, f"{attn}.out_proj", par)
 
     x = layer_norm(h, w, f"{prefix}.encoder_attn_layer_norm", axis=0)
     attn = f"{prefix}.encoder_attn"
@@ -92,4 +119,4 @@ def decoder_layer(h, self_mask, cross_mask, caches, cross, w: Weights, layer: in
 
     x = layer_norm(h, w, f"{prefix}.final_layer_norm", axis=0)
     ffn = nn.relu(linear_columns(x, w, f"{prefix}.fc1", par))                                 # [F_local, P*B]
-    return h + row_parallel(ffn, w, f"{prefix}.fc2", par), (cache_k, cache_v)
+    return h + row_parallel(ffn, w, f"{prefix}.fc2", par), caches

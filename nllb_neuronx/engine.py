@@ -102,10 +102,16 @@ class SlotEngine:
     the rate of eight (benchmarks/RESULTS.md), so a busy engine encodes in sub-batches without idling slots. The
     price: device memory for B more rows of cross-attention K/V at the largest source bucket, and the first request
     of a burst waits for its sub-batch's encoder call. Off: each request is encoded straight into its slot when one
-    frees (and `admit_batch` may group them)."""
+    frees (and `admit_batch` may group them).
+
+    `long_slots`: how many slots (the last ones) keep their self-attention caches in the long segment
+    (`slot_segments.py`; None: `default_long_rows`, a quarter of them on XLA CPU, none elsewhere). Before each step
+    the engine moves the furthest single-row request of the short segment into the long one where that lowers the
+    short segment's target bucket (swapping it with a long slot's shorter request, or into a free long slot), so a
+    few long rows do not make every row's attention read their length."""
 
     def __init__(self, model, max_queue: int | None = None, admit_batch: int = 1, admission: str = "fifo",
-                 encode_ahead: bool = True):
+                 encode_ahead: bool = True, long_slots: int | None = None):
         if max_queue is not None and max_queue < 1:
             raise ValueError(f"max_queue must be a positive number of requests or None (no limit), got {max_queue}")
         if not isinstance(admit_batch, int) or not 1 <= admit_batch <= model.batch_size:
@@ -116,7 +122,7 @@ class SlotEngine:
         if not isinstance(encode_ahead, bool):
             raise ValueError(f"encode_ahead must be True or False, got {encode_ahead!r}")
         self._admit_batch, self._admission, self._encode_ahead = admit_batch, admission, encode_ahead
-        self._state = SlotState(model)                 # checks that the model is on the device
+        self._state = SlotState(model, long_slots)     # checks that the model is on the device and long_slots
         self._config, self._compile = model.config, model.compile_config
         self._max_queue = max_queue
         self._slots: list[_Job | None] = [None] * model.batch_size
@@ -124,7 +130,7 @@ class SlotEngine:
         self._staged: collections.deque[_Job] = collections.deque()   # encoded ahead, in admission order
         self._cond = threading.Condition()
         self._closed = False
-        self._useful_slot_steps = self._slot_steps = 0
+        self._useful_slot_steps = self._slot_steps = self._moves = 0
         self._time = {"encoder_calls": 0, "encoder_seconds": 0.0, "steps": 0, "step_seconds": 0.0}
         self._thread = threading.Thread(target=self._loop, name="nllb-slot-engine", daemon=True)
         self._thread.start()
@@ -168,12 +174,16 @@ class SlotEngine:
     def encode_ahead(self) -> bool:
         return self._encode_ahead
 
+    @property
+    def long_slots(self) -> int:
+        return self._state.long_rows
+
     def stats(self) -> EngineStats:
         with self._cond:
             return EngineStats(slots=len(self._slots), active_slots=sum(job is not None for job in self._slots),
                                queue_depth=len(self._queue) + len(self._staged),
                                useful_slot_steps=self._useful_slot_steps, slot_steps=self._slot_steps,
-                               resizes=self._state.resizes, **self._time)
+                               resizes=self._state.resizes, moves=self._moves, **self._time)
 
     def close(self, drain: bool = True) -> None:
         """Stop accepting requests; finish the queued and active ones (`drain`), or cancel them. Waits for the loop."""
@@ -428,6 +438,44 @@ class SlotEngine:
         for job in failed:
             job.fail(FloatingPointError(f"the model produced NaN logits at target position {job.position - 1}; "
                                         "with amp='f16' use 'bf16' or 'f32', else check the weights"))
+        self._keep_long_rows_long()
+
+    def _keep_long_rows_long(self) -> None:
+        """Move the furthest single-row requests of the short cache segment into the long one while that lowers the
+        short segment's target bucket for the next step: each swaps with a free long slot, or with the long slot
+        whose single-row request is nearest its start, if that is behind it. Beam requests stay (their slots' order
+        is their beams'). A moved request's positions fit its new segment: the long one is stored at least as long
+        as the short one, and the request moving out of it is behind the one moving in."""
+        long_slots = self._state.long_slots
+        if not long_slots:
+            return
+        bucket, index = self._compile.decoder_bucket, np.arange(len(self._slots))
+        with self._cond:
+            while True:
+                short = [slot for slot in range(long_slots.start) if self._slots[slot] is not None]
+                movable = [slot for slot in short if self._slots[slot].num_beams == 1]
+                if not movable:
+                    break
+                mover = max(movable, key=lambda slot: self._slots[slot].position)
+                behind = [slot for slot in long_slots if self._slots[slot] is None or (
+                    self._slots[slot].num_beams == 1 and self._slots[slot].position < self._slots[mover].position)]
+                if not behind:
+                    break
+                target = min(behind, key=lambda slot: -1 if self._slots[slot] is None else self._slots[slot].position)
+                rest = [self._slots[slot].position for slot in short if slot != mover]
+                if self._slots[target] is not None:
+                    rest.append(self._slots[target].position)
+                if bucket(self._slots[mover].position + 1) <= bucket(max(rest, default=0) + 1):
+                    break
+                for slot, job in ((mover, self._slots[target]), (target, self._slots[mover])):
+                    self._slots[slot] = job
+                    if job is not None:
+                        job.slots = [slot]
+                index[mover], index[target] = index[target], index[mover]
+            moved = bool((index != np.arange(len(index))).any())
+            self._moves += moved
+        if moved:
+            self._state.move(index)
 
     def _beam_inputs(self, jobs: list[_Job]) -> dict[str, np.ndarray]:
         """The beam head's per-slot inputs: the forced token at a request's first step (-1: none), each beam's

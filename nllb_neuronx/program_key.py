@@ -14,8 +14,10 @@ from nllb_neuronx.program_spec import ProgramShapes
 from nllb_neuronx.reorder import build_reorder
 from nllb_neuronx.slot_copy import build_slot_copy
 from nllb_neuronx.slot_encoder import build_slot_encoder
+from nllb_neuronx.slot_move import build_slot_move
 from nllb_neuronx.slot_reorder import build_slot_reorder
 from nllb_neuronx.resize import build_resize
+from nllb_neuronx.slot_segments import Segment
 from nllb_neuronx.sampling import SamplingParams
 
 
@@ -24,7 +26,7 @@ class ProgramKey:
     """One program of a model's shape; the base of the key family. A key names a program within one model (the batch
     size, tp, amp and the model come from `ProgramShapes`) and builds it: `key.build(shapes)` -> `hlo.Module`. `kind`
     says which program: the lockstep path's "encoder", "reorder", "decoder", the slot engine's "slot_encoder",
-    "slot_copy", "slot_step", "slot_reorder", and "resize" (both)."""
+    "slot_copy", "slot_step", "slot_reorder", "slot_move", and "resize" (both)."""
 
     kind: ClassVar[str] = ""
     quantized: bool = field(default=False, kw_only=True)  # int8 weights (the model's `CompileConfig.quantization`)
@@ -124,53 +126,78 @@ class SlotCopyKey(ProgramKey):
 @dataclass(frozen=True)
 class SlotStepKey(ProgramKey):
     """The slot engine's decode step: one token per slot, each at its own position, reading `target_len` cache
-    positions and `source_len` of the cross K/V, from the state stored at `shapes.stored_lengths` of them."""
+    positions and `source_len` of the cross K/V, from the state stored at `shapes.stored_lengths` of them. With
+    `long_rows` > 0 the caches are in two row segments (`slot_segments.py`): `target_len` is the short one's, stored
+    and read whole, and `long_len` (>= `target_len`) the long one's."""
 
     kind: ClassVar[str] = "slot_step"
     source_len: int
     head: str
     target_len: int
+    long_rows: int = 0
+    long_len: int = 0
 
     def build(self, shapes: ProgramShapes) -> hlo.Module:
         cache_len, cross_len = shapes.stored_lengths(self.target_len, self.source_len)
         return build_decoder(shapes, 1, self.target_len, self.source_len, self.head, cross_len=cross_len,
-                             cache_len=cache_len)
+                             cache_len=cache_len, long_rows=self.long_rows, long_len=self.long_len)
 
     def canonical(self, shapes: ProgramShapes) -> ProgramKey:
-        """At the largest source bucket the slot step reads all of the stored cross K/V and its caches are stored as
-        the lockstep path's: the lockstep decoder's one-token program of that bucket, the same HLO, listed once."""
-        if self.source_len == shapes.max_source_length:
+        """At the largest source bucket the slot step of an unsplit state reads all of the stored cross K/V and its
+        caches are stored as the lockstep path's: the lockstep decoder's one-token program of that bucket, the same
+        HLO, listed once."""
+        if self.source_len == shapes.max_source_length and not self.long_rows:
             return DecoderKey(self.source_len, self.head, 1, self.target_len, quantized=shapes.quantized)
         return super().canonical(shapes)
 
 
 @dataclass(frozen=True)
 class SlotReorderKey(ProgramKey):
-    """The slot engine's reorder of the self-attention cache between slots (beam search), the caches stored at
-    `target_len` positions (0: the largest bucket)."""
+    """The slot engine's reorder of the self-attention cache between slots (beam search, and moving requests), the
+    caches stored at `target_len` positions (0: the largest bucket); with `long_rows` > 0 in two row segments
+    (`slot_segments.py`), the long one at `long_len`."""
 
     kind: ClassVar[str] = "slot_reorder"
     target_len: int = 0
+    long_rows: int = 0
+    long_len: int = 0
 
     def build(self, shapes: ProgramShapes) -> hlo.Module:
-        return build_slot_reorder(shapes, self.target_len or None)
+        return build_slot_reorder(shapes, self.target_len or None, self.long_rows, self.long_len)
 
     def canonical(self, shapes: ProgramShapes) -> ProgramKey:
         return self._spelled_out(shapes, target_len=shapes.compile.max_target_length)
 
 
 @dataclass(frozen=True)
+class SlotMoveKey(ProgramKey):
+    """The slot engine's move of the encoder side (cross K/V, source mask) between slots, stored at `stored_len`
+    source positions (0: the largest bucket); `slot_move.py`."""
+
+    kind: ClassVar[str] = "slot_move"
+    stored_len: int = 0
+
+    def build(self, shapes: ProgramShapes) -> hlo.Module:
+        return build_slot_move(shapes, self.stored_len or None)
+
+    def canonical(self, shapes: ProgramShapes) -> ProgramKey:
+        return self._spelled_out(shapes, stored_len=shapes.max_source_length)
+
+
+@dataclass(frozen=True)
 class ResizeKey(ProgramKey):
     """A decode state moved from `from_len` to `to_len` stored positions on one side: "target" (the self-attention
-    caches, lockstep or slots) or "source" (the slot engine's cross-attention K/V and source mask); `resize.py`."""
+    caches, lockstep or slots; with `segment`, the slot caches of one row segment, `slot_segments.py`) or "source"
+    (the slot engine's cross-attention K/V and source mask); `resize.py`."""
 
     kind: ClassVar[str] = "resize"
     side: str
     from_len: int
     to_len: int
+    segment: Segment | None = None
 
     def build(self, shapes: ProgramShapes) -> hlo.Module:
-        return build_resize(shapes, self.side, self.from_len, self.to_len)
+        return build_resize(shapes, self.side, self.from_len, self.to_len, self.segment)
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,8 @@ from typing import Callable, Collection, Mapping
 from hlo.runtime import BoundProgram, Program
 
 from nllb_neuronx.program_key import (DecoderKey, EncoderKey, ProgramEvent, ProgramKey, ReorderKey, ResizeKey,
-                                      SlotCopyKey, SlotEncoderKey, SlotReorderKey, SlotStepKey)
+                                      SlotCopyKey, SlotEncoderKey, SlotMoveKey, SlotReorderKey, SlotStepKey)
+from nllb_neuronx.slot_segments import default_long_rows, segments
 from nllb_neuronx.program_spec import ProgramShapes
 from nllb_neuronx.slot_encoder import insert_sizes
 
@@ -61,18 +62,29 @@ def every_program(shapes: ProgramShapes, heads: Collection[str] | None = None) -
                 keys += [DecoderKey(s, head, new, t) for head in LOCKSTEP_HEADS]
             if c.decode_unroll > 1 and t >= c.decode_unroll:                  # sample()'s unrolled greedy steps
                 keys.append(DecoderKey(s, "greedy", 1, t, steps=c.decode_unroll))
+    long_rows = default_long_rows(shapes)
+    split = [(t, long) for t in c.n_positions for long in c.n_positions if long >= t]   # (short, long) lengths
     for s in c.encoder_buckets:
         keys += [SlotEncoderKey(s, rows, stored) for stored in shapes.state_source_lengths() if stored >= s
                  for rows in insert_sizes(c.batch_size)]
-        if s < shapes.max_source_length:
+        if long_rows:
+            keys += [SlotStepKey(s, head, t, long_rows, long) for t, long in split for head in SLOT_HEADS]
+        elif s < shapes.max_source_length:
             keys += [SlotStepKey(s, head, t) for t in c.n_positions for head in SLOT_HEADS]
         else:  # the lockstep decoder programs, listed above, except the heads only the slot engine runs
             keys += [SlotStepKey(s, head, t).canonical(shapes) for t in c.n_positions for head in SLOT_HEADS
                      if head not in LOCKSTEP_HEADS]
     keys += [SlotCopyKey(stored) for stored in shapes.state_source_lengths()]
-    keys += [SlotReorderKey(t) for t in shapes.state_target_lengths()]
-    for side, lengths in (("target", shapes.state_target_lengths()), ("source", shapes.state_source_lengths())):
-        keys += [ResizeKey(side, a, b) for a in lengths for b in lengths if a != b]   # grow and shrink
+    source_lengths, target_lengths = shapes.state_source_lengths(), shapes.state_target_lengths()
+    if long_rows:
+        keys += [SlotReorderKey(t, long_rows, long) for t, long in split]
+        keys += [SlotMoveKey(stored) for stored in source_lengths]
+        for segment in segments(c.batch_size, long_rows):
+            keys += [ResizeKey("target", a, b, segment) for a in target_lengths for b in target_lengths if a != b]
+    else:
+        keys += [SlotReorderKey(t) for t in target_lengths]
+        keys += [ResizeKey("target", a, b) for a in target_lengths for b in target_lengths if a != b]
+    keys += [ResizeKey("source", a, b) for a in source_lengths for b in source_lengths if a != b]  # grow and shrink
     return [dataclasses.replace(key, quantized=True) for key in keys] if shapes.quantized else keys
 
 

@@ -3,6 +3,7 @@
 State (on the device, updated in place by aliasing), B = the model's batch_size slots:
 
     cache_k.<i>, cache_v.<i>  [B, N_local, T_stored, D]    layer i's self-attention, row b at slot b's own positions
+                                                           (on XLA CPU in two row segments: `slot_segments.py`)
     cross_k.<i>, cross_v.<i>  [B, N_local, S_stored, D]    layer i's cross-attention
     encoder_attention_mask    s32[B, S_stored]
 
@@ -18,31 +19,46 @@ Stored lengths (`ProgramShapes.stored_lengths`): on Neuron the largest buckets, 
 them). On XLA CPU, where a step reads every stored position, the state follows what the active slots need: before a
 step it is resized (`resize.py`) to the target bucket of the furthest active slot and the largest active source
 bucket, and an insert grows the source side to the new sources' bucket where it is longer, so a step of short rows
-does not pay for a long row that has finished.
+does not pay for a long row that has finished. There the self-attention caches are also kept in two row segments
+(`slot_segments.py`), each stored at the target bucket of its own furthest active slot (the long one at least as
+long as the short one), so a step of short rows pays for a long row that is still running only in the long segment's
+rows; `move()` swaps requests between slots (the engine keeps its furthest rows in the long segment).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from nllb_neuronx.program_key import ResizeKey, SlotCopyKey, SlotEncoderKey, SlotReorderKey, SlotStepKey
+from nllb_neuronx.program_key import (ResizeKey, SlotCopyKey, SlotEncoderKey, SlotMoveKey, SlotReorderKey,
+                                      SlotStepKey)
 from nllb_neuronx.slot_copy import STAGED, staging_shapes
 from nllb_neuronx.slot_encoder import insert_sizes, slot_state_shapes
+from nllb_neuronx.slot_segments import default_long_rows, segments
 
 
 class SlotState:
-    """Device state of B decode slots. Not thread-safe: one thread (the engine's loop) calls it."""
+    """Device state of B decode slots. Not thread-safe: one thread (the engine's loop) calls it.
 
-    def __init__(self, model):
+    `long_rows`: slots kept in the long cache segment (`slot_segments.py`; default `default_long_rows`: a quarter of
+    them on XLA CPU, none elsewhere), the last ones."""
+
+    def __init__(self, model, long_rows: int | None = None):
         if model.runtime is None:
             raise RuntimeError("call model.to_neuron() first: it starts the runtime and uploads the weights")
         self.model, self.shapes = model, model.shapes
         self.batch_size = model.batch_size
+        self.long_rows = default_long_rows(model.programs.build_shapes) if long_rows is None else int(long_rows)
+        self.segments = segments(self.batch_size, self.long_rows)      # checks long_rows
         self.insert_sizes = insert_sizes(self.batch_size)
         self._build_shapes = model.programs.build_shapes          # the runtime's backend: how the state is stored
         self._tensors: dict[str, object] | None = None
         self._staging: dict[str, object] | None = None             # encode-ahead rows, made on first use
         self.resizes = 0                                           # resize program calls so far
+
+    @property
+    def long_slots(self) -> range:
+        """The slots of the long cache segment (empty where the caches are one segment)."""
+        return self.segments[-1].slots if self.long_rows else range(0)
 
     def _smallest(self) -> tuple[int, int]:
         c = self.model.compile_config
@@ -50,16 +66,22 @@ class SlotState:
 
     @property
     def stored_lengths(self) -> tuple[int, int]:
-        """The (target, source) positions the state is stored at now (its tensors' lengths)."""
+        """The (target, source) positions the state is stored at now (its tensors' lengths); with two cache segments
+        the target is the short one's (`stored_target_lengths` has both)."""
+        return self.stored_target_lengths[0], self._state()["encoder_attention_mask"].shape.dims[1]
+
+    @property
+    def stored_target_lengths(self) -> tuple[int, ...]:
+        """The target positions each cache segment is stored at now, short then long (one: every slot's)."""
         state = self._state()
-        return state[self.shapes.cache_names()[0]].shape.dims[2], state["encoder_attention_mask"].shape.dims[1]
+        return tuple(state[seg.names(self.shapes)[0]].shape.dims[2] for seg in self.segments)
 
     def reset(self) -> None:
         """Fresh zero state at the smallest stored lengths (also after a failed device call, whose donated buffers
         may be gone). Staged rows are kept (a failed staging call leaves none: they are made again on first use)."""
         target, source = self._smallest()
-        shapes = {**self.shapes.cache_shapes(target), **slot_state_shapes(self.shapes, source)}
-        self._tensors = self._zeros(shapes)
+        shapes = {name: shape for seg in self.segments for name, shape in seg.cache_shapes(self.shapes, target).items()}
+        self._tensors = self._zeros({**shapes, **slot_state_shapes(self.shapes, source)})
 
     def _zeros(self, shapes: dict) -> dict[str, object]:
         return {name: self.model.runtime.put(np.zeros(s.dims, s.dtype.numpy)) for name, s in shapes.items()}
@@ -69,19 +91,25 @@ class SlotState:
             self.reset()
         return self._tensors
 
-    def _store_at(self, target_len: int, source_len: int) -> None:
-        """Resize the state to `stored_lengths(target_len, source_len)`, one side at a time (a no-op where the state
-        keeps one size)."""
-        wanted = self._build_shapes.stored_lengths(target_len, source_len)
-        state = self._state()
-        for side, have, want in zip(("target", "source"), self.stored_lengths, wanted):
+    def _store_at(self, target_lens: tuple[int, ...], source_len: int) -> None:
+        """Resize the state to `stored_lengths` of `target_lens` (one per cache segment) and `source_len`, one
+        segment and side at a time (a no-op where the state keeps one size)."""
+        build = self._build_shapes
+        for segment, have, want in zip(self.segments, self.stored_target_lengths, target_lens):
+            want = build.stored_target_length(want)
             if have != want:
-                names = self.shapes.cache_names() if side == "target" else list(slot_state_shapes(self.shapes))
-                self._tensors = None                                   # inputs of a program: rebuilt if it fails
-                out = self.model.run_program(ResizeKey(side, have, want), **{n: state[n] for n in names})
-                state = {**state, **out}
-                self._tensors = state
-                self.resizes += 1
+                self._resize(ResizeKey("target", have, want, segment if self.long_rows else None),
+                             segment.names(self.shapes))
+        have, want = self.stored_lengths[1], build.stored_source_length(source_len)
+        if have != want:
+            self._resize(ResizeKey("source", have, want), list(slot_state_shapes(self.shapes)))
+
+    def _resize(self, key: ResizeKey, names: list[str]) -> None:
+        state = self._state()
+        self._tensors = None                                   # inputs of a program: rebuilt if it fails
+        out = self.model.run_program(key, **{n: state[n] for n in names})
+        self._tensors = {**state, **out}
+        self.resizes += 1
 
     def _encoder_inputs(self, rows: list[int], sources: list[np.ndarray]) -> tuple[int, dict[str, np.ndarray]]:
         """(source bucket, the slot encoder's inputs) writing `sources` (1-D id arrays, no padding) into `rows`: a
@@ -98,9 +126,9 @@ class SlotState:
 
     def _grow_source(self, bucket: int) -> int:
         """Grow the state's source side to hold `bucket` positions where it is shorter; returns its stored length."""
-        stored_target, stored_source = self.stored_lengths
+        stored_targets, stored_source = self.stored_target_lengths, self.stored_lengths[1]
         if bucket > stored_source:
-            self._store_at(stored_target, bucket)
+            self._store_at(stored_targets, bucket)
             _, stored_source = self.stored_lengths
         return stored_source
 
@@ -153,25 +181,50 @@ class SlotState:
         them."""
         if head not in ("greedy", "logits", "sample", "beam"):
             raise ValueError(f"slot steps have a greedy, sample, beam or logits head, got {head!r}")
-        bucket = self.model.compile_config.decoder_bucket(int(positions[active].max()) + 1)
-        self._store_at(bucket, source_len)
+        buckets = self._target_buckets(positions, active)
+        self._store_at(buckets, source_len)
         state = self._state()
         self._tensors = None
-        out = self.model.run_program(
-            SlotStepKey(source_len, head, bucket), input_ids=tokens.astype(np.int32)[:, None],
-            start=positions.astype(np.int32), active=active.astype(np.int32), **head_inputs, **state)
-        self._tensors = {**state, **{name: out[name] for name in self.shapes.cache_names()}}
+        key = SlotStepKey(source_len, head, buckets[0], self.long_rows, buckets[-1] if self.long_rows else 0)
+        out = self.model.run_program(key, input_ids=tokens.astype(np.int32)[:, None],
+                                     start=positions.astype(np.int32), active=active.astype(np.int32),
+                                     **head_inputs, **state)
+        self._tensors = {**state, **{name: out[name] for seg in self.segments for name in seg.names(self.shapes)}}
         if head == "logits":
             return np.array(out["logits"].numpy(0)[: self.model.config.vocab_size].T, np.float32, order="C")
         if head == "beam":
             return {name: out[name].numpy(0) for name in ("next_token", "beam_scores", "beam_tokens", "beam_sources")}
         return out["next_token"].numpy(0).astype(np.int64)
 
+    def _target_buckets(self, positions: np.ndarray, active: np.ndarray) -> tuple[int, ...]:
+        """The target bucket each cache segment is read at for a step writing `positions`: that of its furthest
+        active slot (the smallest bucket where none is active), the long segment's at least the short one's."""
+        bucket = self.model.compile_config.decoder_bucket
+        out = []
+        for seg in self.segments:
+            rows = [b for b in seg.slots if active[b]]
+            out.append(bucket(int(positions[rows].max()) + 1 if rows else 1))
+        return tuple(out[:1] + [max(out)] * (len(out) - 1))
+
     def reorder(self, index: np.ndarray) -> None:
-        """Slot b's self-attention cache becomes slot index[b]'s (index: [B], identity outside beam requests)."""
-        stored_target, _ = self.stored_lengths
+        """Slot b's self-attention cache becomes slot index[b]'s (index: [B], identity outside beam requests). With
+        two cache segments, a slot of one may take one of the other only where that segment is stored past the
+        position of the request moving in (true of a request's beams, which share a position)."""
+        lengths = self.stored_target_lengths
         state = self._state()
         self._tensors = None
-        caches = {name: state[name] for name in self.shapes.cache_names()}
-        out = self.model.run_program(SlotReorderKey(stored_target), index=index.astype(np.int32), **caches)
+        caches = {name: state[name] for seg in self.segments for name in seg.names(self.shapes)}
+        key = SlotReorderKey(lengths[0], self.long_rows, lengths[-1] if self.long_rows else 0)
+        out = self.model.run_program(key, index=index.astype(np.int32), **caches)
+        self._tensors = {**state, **out}
+
+    def move(self, index: np.ndarray) -> None:
+        """Slot b takes the request in slot index[b] (index: [B], a permutation): its self-attention cache
+        (`reorder`, under the same condition) and its encoder side."""
+        self.reorder(index)
+        key = SlotMoveKey(self.stored_lengths[1])
+        state = self._state()
+        self._tensors = None
+        encoder_side = {name: state[name] for name in slot_state_shapes(self.shapes)}
+        out = self.model.run_program(key, index=index.astype(np.int32), **encoder_side)
         self._tensors = {**state, **out}

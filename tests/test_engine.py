@@ -50,15 +50,18 @@ def corpus(vocab: int, lengths, seed: int = 0) -> list[GenerationRequest]:
             for i, n in enumerate(lengths)]
 
 
-@pytest.mark.parametrize("tp", [1, 2])
-def test_slot_steps_match_hf_logits_with_staggered_rows_and_reused_slots(model, tiny_checkpoint, tp):
+@pytest.mark.parametrize("tp,long_rows", [(1, 0), (1, 1), (2, None)])
+def test_slot_steps_match_hf_logits_with_staggered_rows_and_reused_slots(model, tiny_checkpoint, tp, long_rows):
     """Rows at different positions and source buckets share steps; a slot that held a long source and a long target
-    is refilled with a short one, whose logits must not see what was left behind."""
+    is refilled with a short one, whose logits must not see what was left behind. With a long cache segment (slot 3:
+    line b) the segments are stored at their own lengths."""
     path, hf = tiny_checkpoint
     vocab, rng = hf.config.vocab_size, np.random.default_rng(7)
     if tp > 1:
         model = NLLBForSampling.from_pretrained(path, batch_size=SLOTS, tp_degree=tp, **BUCKETS).to_neuron()
-    state = SlotState(model)
+    state = SlotState(model, long_rows)
+    split = state.long_rows > 0
+    assert state.long_slots == (range(3, 4) if split else range(0))
     lines = {name: (np.array(source(n, rng, vocab)), np.array([2] + [int(t) for t in rng.integers(4, vocab, p - 1)]))
              for name, n, p in [("a", 14, 12), ("b", 5, 9), ("c", 7, 10), ("e", 3, 6), ("d", 4, 11)]}
     with torch.no_grad():
@@ -72,7 +75,7 @@ def test_slot_steps_match_hf_logits_with_staggered_rows_and_reused_slots(model, 
 
     insert([(3, "b"), (0, "e")])                                    # two rows in one call, slots out of order
     insert([(2, "a")])                                              # the 16 bucket
-    stored = [state.stored_lengths]
+    stored, long = [state.stored_lengths], []
     for step in range(23):                                         # d, the last, ends at step 22
         if step == 3:
             insert([(1, "c")])                                      # joins three rows already under way
@@ -83,6 +86,7 @@ def test_slot_steps_match_hf_logits_with_staggered_rows_and_reused_slots(model, 
             tokens[slot], positions[slot], active[slot] = lines[name][1][pos], pos, True
         logits = state.step(tokens, positions, active, max(b for _, _, b in slots.values()), head="logits")
         stored.append(state.stored_lengths)
+        long.append(state.stored_target_lengths[-1])
         for slot, (name, pos, bucket) in list(slots.items()):
             np.testing.assert_allclose(logits[slot], ref[name][pos], atol=TOLERANCE["logits"],
                                        err_msg=f"line {name} position {pos} (step {step}, slot {slot})")
@@ -98,6 +102,9 @@ def test_slot_steps_match_hf_logits_with_staggered_rows_and_reused_slots(model, 
         # source side shrinks (step 12), once c is done the target side too (step 13), and d grows it again
         assert stored[:2] == [(8, 16), (8, 16)] and stored[9] == (24, 16)
         assert stored[13:15] == [(24, 8), (8, 8)] and stored[-1] == (24, 8)
+        # the long segment (b's slot) is stored at least as long as the short one (a slot may move into it)
+        assert all(t_long >= t_short for t_long, (t_short, _) in zip(long, stored[1:]))
+        assert len(state.stored_target_lengths) == 1 + split
     else:                                                           # one size: the largest buckets
         assert set(stored) == {(24, 16)}
 
@@ -159,6 +166,32 @@ def test_encode_ahead_batches_the_encoder_and_changes_no_line(model, tiny_checkp
     assert ahead.useful_slot_steps == plain.useful_slot_steps
     with pytest.raises(ValueError, match="encode_ahead"):
         SlotEngine(model, encode_ahead="yes")
+
+
+def test_the_furthest_rows_move_into_the_long_segment_and_no_line_changes(model, tiny_checkpoint):
+    """A long line admitted into a short slot moves into the long one when it outgrows the first target bucket (8),
+    swapping with the long slot's shorter line, so the short segment's steps keep reading 8 positions while the long
+    one reads 24; every line equals HF's alone, as without a long segment."""
+    _, hf = tiny_checkpoint
+    requests = corpus(hf.config.vocab_size, lengths=[3, 16, 6, 2, 14, 9, 5, 12, 4, 7, 15, 8], seed=5)
+    limits = [23, 5, 6, 20, 4, 6, 5, 7, 3, 6, 5, 6]                  # lines 0 and 3 run long, in slots 0 and 3
+    requests = [GenerationRequest(r.input_ids, r.forced_bos_token_id, max_new_tokens=n)
+                for r, n in zip(requests, limits)]
+    runs = {}
+    for long_slots in (0, 1, 2):
+        model.programs.forget()
+        with SlotEngine(model, long_slots=long_slots) as engine:
+            assert engine.long_slots == long_slots
+            runs[long_slots] = ([ids.tolist() for ids in engine.generate(requests)], engine.stats())
+            steps = [key for key in model.compiled_programs if key.kind == "slot_step"]
+        if long_slots == 1:     # line 0 moved into slot 3: short steps at 8 while it ran on at 24
+            assert any(key.long_rows == 1 and (key.target_len, key.long_len) == (8, 24) for key in steps)
+    assert runs[0][0] == runs[1][0] == runs[2][0] == [hf_line(hf, r) for r in requests]
+    assert runs[0][1].moves == 0 and runs[1][1].moves >= 1 and runs[2][1].moves >= 1
+    assert runs[0][1].useful_slot_steps == runs[1][1].useful_slot_steps == runs[2][1].useful_slot_steps
+    for bad in (SLOTS, -1):
+        with pytest.raises(ValueError, match="long_rows must lie in"):
+            SlotEngine(model, long_slots=bad)
 
 
 def test_longest_first_admission_changes_no_line_and_keeps_the_order(model, tiny_checkpoint):
