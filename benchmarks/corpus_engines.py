@@ -96,7 +96,7 @@ def run_slot_engine(job: dict, log, quantization: str | None = None) -> dict:
     run = CorpusRun(job, log)
     model, load_s = load_nllb_neuronx(run, quantization)
     t = time.perf_counter()
-    compiled = model.compile_all(heads=("greedy",))      # every greedy program, the slot engine's included
+    compiled = model.compile_all(heads=("greedy",), long_rows=job.get("long_slots"))  # the slot engine's included
     compile_s = time.perf_counter() - t
     log(f"compile_all: {compiled} programs in {compile_s:.1f} s")
     engine = SlotEngine(model, admit_batch=min(job.get("admit_batch") or 1, run.batch_size),

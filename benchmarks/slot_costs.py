@@ -8,7 +8,10 @@ A greedy decode step (one token per row, every row at `--position`):
   stored cache itself) and cross-attention at `--src-len` (how other backends read buckets of one stored size);
 - the same, cross-attention read at the stored length (`t<T_max>_cross_stored`);
 - with the caches stored at each target bucket and the cross-attention K/V at `--src-len`, read whole
-  (`t<T>_stored_at_s<S>`: how XLA CPU stores a state only as long as its rows need, `ProgramShapes.stored_lengths`).
+  (`t<T>_stored_at_s<S>`: how XLA CPU stores a state only as long as its rows need, `ProgramShapes.stored_lengths`);
+- with `--long-rows` R > 0, the caches in two row segments (`slot_segments.py`): B - R rows stored at each target
+  bucket, R at the largest, cross-attention K/V at `--src-len` (`t<T>_long<R>x<T_max>_stored_at_s<S>`: the slot
+  engine's state on XLA CPU while R long rows run).
 On XLA CPU a read shorter than the stored length is a slice, which is copied into a fresh buffer on every call;
 a whole parameter is read in place.
 
@@ -44,6 +47,7 @@ def main(argv=None) -> int:
     parser.add_argument("--position", type=int, default=20)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--encoder-buckets", default="", help="source buckets to time the encoders at (e.g. 32,128)")
+    parser.add_argument("--long-rows", type=int, default=2, help="rows of the long cache segment (0: no split steps)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
 
@@ -52,6 +56,7 @@ def main(argv=None) -> int:
     from nllb_neuronx.program_key import SlotCopyKey, SlotEncoderKey
     from nllb_neuronx.slot_copy import STAGED
     from nllb_neuronx.slot_encoder import insert_sizes, slot_state_shapes
+    from nllb_neuronx.slot_segments import segments
 
     buckets = [int(t) for t in args.n_positions.split(",")]
     encoder_buckets = [int(s) for s in args.encoder_buckets.split(",") if s]
@@ -66,6 +71,8 @@ def main(argv=None) -> int:
     variants = {f"t{t}": (t, args.src_len, t_max, stored) for t in buckets}
     variants[f"t{t_max}_cross_stored"] = (t_max, stored, t_max, stored)
     variants.update({f"t{t}_stored_at_s{args.src_len}": (t, args.src_len, t, args.src_len) for t in buckets})
+    split = ({f"t{t}_long{args.long_rows}x{t_max}_stored_at_s{args.src_len}": t for t in buckets}
+             if args.long_rows else {})
     rng = np.random.default_rng(0)
 
     def put_random(shapes_by_name: dict) -> dict:
@@ -76,6 +83,9 @@ def main(argv=None) -> int:
     short_cross = put_random({**shapes.cross_shapes(args.src_len),
                               "encoder_attention_mask": s32[b, args.src_len]})        # cross stored at --src-len
     caches = {t: put_random(shapes.cache_shapes(t)) for t in buckets}                   # caches stored at each T
+    short_seg, long_seg = segments(b, args.long_rows) if args.long_rows else (None, None)
+    split_caches = {t: put_random({**short_seg.cache_shapes(shapes, t), **long_seg.cache_shapes(shapes, t_max)})
+                    for t in split.values()}                                        # short at each T, long at T_max
     inputs = dict(input_ids=rng.integers(4, 1000, (b, 1)).astype(np.int32),
                   start=np.full(b, args.position, np.int32), active=np.ones(b, np.int32))
 
@@ -88,6 +98,16 @@ def main(argv=None) -> int:
         out = model.run_program(key, **inputs, **cross, **caches[cache_len])
         out["next_token"].numpy(0)
         caches[cache_len] = {n: out[n] for n in shapes.cache_names()}
+        return time.perf_counter() - begin
+
+    def run_split(name: str) -> float:
+        t = split[name]
+        key = CustomProgramKey(name, lambda: build_decoder(shapes, 1, t, args.src_len, "greedy", cache_len=t,
+                                                           long_rows=args.long_rows, long_len=t_max))
+        begin = time.perf_counter()
+        out = model.run_program(key, **inputs, **short_cross, **split_caches[t])
+        out["next_token"].numpy(0)
+        split_caches[t] = {n: out[n] for n in split_caches[t]}
         return time.perf_counter() - begin
 
     def encode_slots(rows: int, source_len: int) -> float:
@@ -120,6 +140,7 @@ def main(argv=None) -> int:
         return time.perf_counter() - begin
 
     calls = {name: (lambda name=name: run(name)) for name in variants}
+    calls.update({name: (lambda name=name: run_split(name)) for name in split})
     for s in encoder_buckets:
         calls.update({f"enc_k{k}_s{s}": (lambda k=k, s=s: encode_slots(k, s)) for k in insert_sizes(b)})
         calls[f"lockstep_enc_s{s}"] = lambda s=s: encode_batch(s)
@@ -132,6 +153,7 @@ def main(argv=None) -> int:
         for name, call in calls.items():
             times[name].append(call() * 1e3)
     record = {**checkpoint, "batch_size": b, "n_positions": buckets, "src_len": args.src_len,
+              "long_rows": args.long_rows,
               "stored_source": stored, "steps": args.steps, "encoder_buckets": encoder_buckets,
               **{f"{n}_ms_p50": round(float(np.median(v)), 2) for n, v in times.items()},
               **{f"{n}_ms_p10": round(float(np.percentile(v, 10)), 2) for n, v in times.items()}}

@@ -152,10 +152,11 @@ class NLLBForSampling:
         return {key: functools.partial(key.build, shapes) for key in self.programs.every_program()}
 
     @_exclusive
-    def compile_all(self, workers: int | None = None, heads=None) -> int:
+    def compile_all(self, workers: int | None = None, heads=None, long_rows: int | None = None) -> int:
         """Compile every program ahead of time, several at once; returns how many the runtime really compiled.
-        `heads` (e.g. ("greedy",)): only the decode programs with these heads, for a service that needs no others."""
-        return self.programs.compile_all(workers, heads)
+        `heads` (e.g. ("greedy",)): only the decode programs with these heads, for a service that needs no others.
+        `long_rows`: those of a `SlotEngine(long_slots=...)` other than the default (`programs.every_program`)."""
+        return self.programs.compile_all(workers, heads, long_rows)
 
     @_exclusive
     def save(self, directory: str) -> None:

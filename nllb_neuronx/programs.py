@@ -37,7 +37,8 @@ LOCKSTEP_HEADS = ("logits", "greedy", "sample")   # decode_step, next_tokens gre
 SLOT_HEADS = ("greedy", "sample", "beam")  # greedy; sampling (greedy rows at temperature 0); beams (+ greedy rows)
 
 
-def every_program(shapes: ProgramShapes, heads: Collection[str] | None = None) -> list[ProgramKey]:
+def every_program(shapes: ProgramShapes, heads: Collection[str] | None = None,
+                  long_rows: int | None = None) -> list[ProgramKey]:
     """Every program generation can run with this shape, in a stable order. Lockstep: per source bucket the encoder,
     the reorder and the decoder's heads with one new token in every target bucket, the two-token prefix (decoder
     start, then the language code) only at position 0, so only in the target bucket that holds 2 positions. Slot
@@ -46,12 +47,13 @@ def every_program(shapes: ProgramShapes, heads: Collection[str] | None = None) -
     with the lockstep programs, or here for the beam head, which only the slot engine runs); one slot reorder. With
     `decode_unroll` n > 1, also the greedy decoder of n unrolled steps per target bucket. The slot step's logits head
     (`SlotState.step(head="logits")`, for checks) is compiled when first used. `heads`: only the decode programs with
-    these heads (the others kept), e.g. ("greedy",) for greedy translation alone."""
+    these heads (the others kept), e.g. ("greedy",) for greedy translation alone. `long_rows`: the slot engine's
+    long cache segment (`SlotEngine(long_slots=...)`; default `slot_segments.default_long_rows`)."""
     if heads is not None:
         unknown = set(heads) - set(LOCKSTEP_HEADS) - set(SLOT_HEADS)
         if unknown:
             raise ValueError(f"unknown heads {sorted(unknown)}; choose from {sorted({*LOCKSTEP_HEADS, *SLOT_HEADS})}")
-        return [k for k in every_program(shapes) if getattr(k, "head", None) in (None, *heads)]
+        return [k for k in every_program(shapes, long_rows=long_rows) if getattr(k, "head", None) in (None, *heads)]
     c = shapes.compile
     prefix_bucket = next((t for t in c.n_positions if t >= 2), None)
     keys: list[ProgramKey] = []
@@ -62,7 +64,8 @@ def every_program(shapes: ProgramShapes, heads: Collection[str] | None = None) -
                 keys += [DecoderKey(s, head, new, t) for head in LOCKSTEP_HEADS]
             if c.decode_unroll > 1 and t >= c.decode_unroll:                  # sample()'s unrolled greedy steps
                 keys.append(DecoderKey(s, "greedy", 1, t, steps=c.decode_unroll))
-    long_rows = default_long_rows(shapes)
+    long_rows = default_long_rows(shapes) if long_rows is None else long_rows
+    segments(c.batch_size, long_rows)                                                 # checks long_rows
     split = [(t, long) for t in c.n_positions for long in c.n_positions if long >= t]   # (short, long) lengths
     for s in c.encoder_buckets:
         keys += [SlotEncoderKey(s, rows, stored) for stored in shapes.state_source_lengths() if stored >= s
@@ -172,18 +175,19 @@ class ProgramRegistry:
             self._bound_programs = {}
 
     # ---------------------------------------------------------------------------------------- ahead of time
-    def every_program(self, heads: Collection[str] | None = None) -> list[ProgramKey]:
+    def every_program(self, heads: Collection[str] | None = None, long_rows: int | None = None) -> list[ProgramKey]:
         """`every_program` of the shapes programs are built with (the attached runtime's backend decides how the
         slot engine's state is stored, `ProgramShapes.stored_lengths`)."""
-        return every_program(self._build_shapes, heads)
+        return every_program(self._build_shapes, heads, long_rows)
 
-    def compile_all(self, workers: int | None = None, heads: Collection[str] | None = None) -> int:
-        """Fetch every listed program (`heads`: see every_program) not fetched yet, several at once; returns how many
-        the runtime compiled."""
+    def compile_all(self, workers: int | None = None, heads: Collection[str] | None = None,
+                    long_rows: int | None = None) -> int:
+        """Fetch every listed program (`heads`, `long_rows`: see every_program) not fetched yet, several at once;
+        returns how many the runtime compiled."""
         self.require_runtime()
         before = self.runtime.compile_count
         with self._lock:
-            missing = [key for key in self.every_program(heads) if key not in self._programs]
+            missing = [key for key in self.every_program(heads, long_rows) if key not in self._programs]
 
         def fetch(key: ProgramKey):
             start = time.perf_counter()
