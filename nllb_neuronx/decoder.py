@@ -15,7 +15,9 @@ S_stored, D], with the source mask [B, S_stored]) and read at their first `sourc
 exactly its encoder bucket; the slot engine stores what `ProgramShapes.stored_lengths` says. Where T or `source_len`
 is the stored length, attention reads the parameter itself; a shorter read is a slice, which XLA CPU copies: there
 every program reads all stored positions, masked (`ProgramShapes.reads_stored_caches`), and the states are stored
-only as long as their rows need (`ProgramShapes.stored_lengths`, `resize.py`).
+only as long as their rows need (`ProgramShapes.stored_lengths`, `resize.py`). The slot engine's step there may take
+its caches in two row segments (`long_rows`, `slot_segments.py`: `long_cache_k.<i>`, `long_cache_v.<i>` for the last
+rows), each stored and read at its own length.
 The head is either "logits" (all-gathered [V_padded, B] for the last new token: vocab first, the LM head's natural
 result), "greedy" (the argmax token id [B], chosen on the device), "sample" (a token id [B] drawn on the device
 among the `max_top_k` most likely), or "beam" (a beam-search step's candidates, [B, K], and the greedy token);

@@ -9,7 +9,9 @@ x @ W.T, so the decoder keeps this layout end to end and never transposes a proj
 
 Attention itself runs per (row, head) on the caches' [B, N, K, D] layout (`layers.attention`, batched dots): a
 reshape and transpose of the projected heads, which XLA leaves alone. (Keeping the caches features first and
-attending by multiply-and-reduce was tried: 26 vs 2 ms for 12 layers at batch 8.)
+attending by multiply-and-reduce was tried: 26 vs 2 ms for 12 layers at batch 8.) The caches may come in row
+segments, each stored at its own length (the slot engine's long rows on XLA CPU, `slot_segments.py`): each segment's
+rows attend to their own caches, and the contexts are joined again by rows.
 Letters as in `layers.py`; mirrors HF `M2M100DecoderLayer` (pre-LN, q scaled after its bias).
 """
 

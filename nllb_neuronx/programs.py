@@ -12,8 +12,10 @@ once an engine was made), so `save()`, `nllb-neuronx compile` and `export-hlo` g
 of time: at batch 8 with the default buckets, 104 programs instead of the lockstep path's 56 (slot encoders per
 insert size and source bucket, slot steps per head, target and smaller source bucket, the beam step at the largest
 source bucket per target bucket, one slot reorder, one slot copy for encode-ahead). On XLA CPU, where the states are
-stored only as long as their rows need (`ProgramShapes.stored_lengths`), 159: reorders, slot encoders and slot copies
-per stored length, and the resize programs between lengths.
+stored only as long as their rows need (`ProgramShapes.stored_lengths`), 214: reorders, slot encoders and slot copies
+per stored length, the resize programs between lengths, and, with the slot engine's caches in two row segments
+(`slot_segments.py`), its steps per (short, long) pair of target buckets at every source bucket, a slot reorder per
+pair, a slot move per stored source length and the resizes per segment (159 with `long_rows=0`).
 """
 
 from __future__ import annotations
