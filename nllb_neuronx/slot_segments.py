@@ -3,10 +3,10 @@
 On XLA CPU a decode step reads every stored position of every row's cache (`ProgramShapes.reads_stored_caches`), and
 the slot state is stored at the target bucket of its furthest active slot: one row that runs long makes every row of
 the step read that far. Continuous batching keeps rows of every age side by side, so on a corpus a few long rows
-(lines that run to their limit) set the length for all: the 600M corpus benchmark's steps cost 9 % more than
-lockstep's useful steps (benchmarks/RESULTS.md). With R long rows the state keeps slots [0, B - R) ("short") and
-[B - R, B) ("long") in separate tensors, each at the bucket of its own furthest row; the engine keeps the furthest
-rows in the long segment (`SlotEngine` moves a short row there when it outgrows one). A step then reads
+(lines that run to their limit) set the length for all: on the 600M corpus benchmark the steps cost 9 % more than
+lockstep's useful steps (benchmarks/RESULTS.md, stop 23). With R long rows the state keeps slots [0, B - R)
+("short") and [B - R, B) ("long") in separate tensors, each at the bucket of its own furthest row; the engine keeps
+the furthest rows in the long segment (`SlotEngine` moves a short row there when it outgrows one). A step then reads
 (B - R) x T_short + R x T_long cache positions instead of B x T_long.
 
     segment "short": cache_k.<i>, cache_v.<i>            [B - R, N_local, T_short, D]   slots 0 .. B-R-1
@@ -63,6 +63,7 @@ def segments(batch_size: int, long_rows: int) -> tuple[Segment, ...]:
 
 def default_long_rows(shapes: ProgramShapes) -> int:
     """The long rows a slot state of these shapes keeps: a quarter of the slots where a step reads every stored
-    position (XLA CPU), none elsewhere. A quarter: on the 600M corpus benchmark's lengths a simulation of the engine
-    gave 7 % less step time with 2 of 8 slots long, and 0.5 % more with 3 or 4 (benchmarks/RESULTS.md)."""
+    position (XLA CPU), none elsewhere. On the 600M corpus benchmark (batch 8) 2 long slots cut the steps' time by
+    9 % (263.1 -> 240.5 s, back to back), and a simulation of the engine on that corpus's line lengths gave 3 or 4
+    only 0.5 % more (benchmarks/RESULTS.md)."""
     return shapes.batch_size // 4 if shapes.reads_stored_caches else 0
