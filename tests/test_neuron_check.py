@@ -79,6 +79,23 @@ def test_every_int8_program_is_clean(tiny_checkpoint, tp):
     assert all(name.endswith(f"_tp{tp}_bf16_s8") for name in names)   # not the names of the bf16 model's programs
 
 
+@pytest.mark.parametrize("tp", [1, 2])
+def test_the_slot_engines_long_segment_programs_are_clean(tiny_checkpoint, tp):
+    """The programs of a slot state whose caches are in two row segments (`slot_segments.py`: what the slot engine
+    runs on XLA CPU) pass the check too, should a backend that reads every stored position be a Neuron one."""
+    path, _ = tiny_checkpoint
+    model = NLLBForSampling.from_pretrained(path, batch_size=4, tp_degree=tp, n_positions=[8, 16], encoder_buckets=[8],
+                                            backend="xla-cpu")
+    builders = model.program_builders()
+    split = [key for key in builders if key.kind == "slot_move" or getattr(key, "long_rows", 0)
+             or getattr(key, "segment", None) is not None]
+    assert {key.kind for key in split} == {"slot_step", "slot_reorder", "slot_move", "resize"}
+    for key in split:
+        module = builders[key]()
+        violations = neuron.check(module, num_replicas=tp)
+        assert violations == [], f"{module.name}:\n{neuron.report(violations)}"
+
+
 NLLB_600M = ModelConfig(vocab_size=256206, d_model=1024, encoder_layers=12, decoder_layers=12,
                         encoder_attention_heads=16, decoder_attention_heads=16, encoder_ffn_dim=4096,
                         decoder_ffn_dim=4096, pad_token_id=1, eos_token_id=2, decoder_start_token_id=2)
