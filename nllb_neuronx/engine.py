@@ -121,8 +121,12 @@ class SlotEngine:
             raise ValueError(f"admission must be one of {ADMISSIONS}, got {admission!r}")
         if not isinstance(encode_ahead, bool):
             raise ValueError(f"encode_ahead must be True or False, got {encode_ahead!r}")
+        if long_slots is not None and (isinstance(long_slots, bool) or not isinstance(long_slots, int)
+                                       or not 0 <= long_slots < model.batch_size):
+            raise ValueError(f"long_slots must be None (the backend's default) or an integer from 0 to "
+                             f"{model.batch_size - 1} (slots kept in the long cache segment), got {long_slots!r}")
         self._admit_batch, self._admission, self._encode_ahead = admit_batch, admission, encode_ahead
-        self._state = SlotState(model, long_slots)     # checks that the model is on the device and long_slots
+        self._state = SlotState(model, long_slots)     # checks that the model is on the device
         self._config, self._compile = model.config, model.compile_config
         self._max_queue = max_queue
         self._slots: list[_Job | None] = [None] * model.batch_size

@@ -19,6 +19,7 @@ there (`default_long_rows`).
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 from hlo.types import Shape
@@ -53,8 +54,9 @@ class Segment:
 
 def segments(batch_size: int, long_rows: int) -> tuple[Segment, ...]:
     """The segments of a state of `batch_size` slots with `long_rows` of them long: (short, long), or one of all."""
-    if not 0 <= long_rows < batch_size:
-        raise ValueError(f"long_rows must lie in [0, {batch_size}) for {batch_size} slots, got {long_rows}")
+    if isinstance(long_rows, bool) or not isinstance(long_rows, numbers.Integral) or not 0 <= long_rows < batch_size:
+        raise ValueError(f"long_rows must lie in [0, {batch_size}) for {batch_size} slots, got {long_rows!r}")
+    long_rows = int(long_rows)
     if long_rows == 0:
         return (Segment(0, batch_size),)
     short = batch_size - long_rows
@@ -65,5 +67,5 @@ def default_long_rows(shapes: ProgramShapes) -> int:
     """The long rows a slot state of these shapes keeps: a quarter of the slots where a step reads every stored
     position (XLA CPU), none elsewhere. On the 600M corpus benchmark (batch 8) 2 long slots cut the steps' time by
     9 % (263.1 -> 240.5 s, back to back), and a simulation of the engine on that corpus's line lengths gave 3 or 4
-    only 0.5 % more (benchmarks/RESULTS.md)."""
+    only 0.5 % less step time again (benchmarks/RESULTS.md)."""
     return shapes.batch_size // 4 if shapes.reads_stored_caches else 0

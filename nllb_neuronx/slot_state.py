@@ -47,10 +47,11 @@ class SlotState:
             raise RuntimeError("call model.to_neuron() first: it starts the runtime and uploads the weights")
         self.model, self.shapes = model, model.shapes
         self.batch_size = model.batch_size
-        self.long_rows = default_long_rows(model.programs.build_shapes) if long_rows is None else int(long_rows)
-        self.segments = segments(self.batch_size, self.long_rows)      # checks long_rows
-        self.insert_sizes = insert_sizes(self.batch_size)
         self._build_shapes = model.programs.build_shapes          # the runtime's backend: how the state is stored
+        self.segments = segments(self.batch_size,                   # checks long_rows
+                                 default_long_rows(self._build_shapes) if long_rows is None else long_rows)
+        self.long_rows = self.segments[-1].rows if len(self.segments) > 1 else 0
+        self.insert_sizes = insert_sizes(self.batch_size)
         self._tensors: dict[str, object] | None = None
         self._staging: dict[str, object] | None = None             # encode-ahead rows, made on first use
         self.resizes = 0                                           # resize program calls so far

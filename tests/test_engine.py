@@ -189,9 +189,11 @@ def test_the_furthest_rows_move_into_the_long_segment_and_no_line_changes(model,
     assert runs[0][0] == runs[1][0] == runs[2][0] == [hf_line(hf, r) for r in requests]
     assert runs[0][1].moves == 0 and runs[1][1].moves >= 1 and runs[2][1].moves >= 1
     assert runs[0][1].useful_slot_steps == runs[1][1].useful_slot_steps == runs[2][1].useful_slot_steps
-    for bad in (SLOTS, -1):
-        with pytest.raises(ValueError, match="long_rows must lie in"):
+    for bad in (SLOTS, -1, 1.5, True):
+        with pytest.raises(ValueError, match=rf"long_slots must be None .* or an integer from 0 to {SLOTS - 1}"):
             SlotEngine(model, long_slots=bad)
+    with pytest.raises(ValueError, match=r"long_rows must lie in \[0, 4\) for 4 slots, got 1.5"):
+        SlotState(model, 1.5)                                     # not cut to 1
 
 
 def test_longest_first_admission_changes_no_line_and_keeps_the_order(model, tiny_checkpoint):
