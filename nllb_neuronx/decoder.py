@@ -81,8 +81,7 @@ def build_decoder(shapes: ProgramShapes, new_tokens: int, bucket: int, source_le
                          encoder_attention_mask=s32[b, cross_len], positions=shapes.positions_shape)
     lengths = (cache_len, long_len)[: len(segments)]                                 # stored (and read) per segment
     buckets = (bucket, long_len)[: len(segments)]
-    cache_shapes = {name: shape for seg, t in zip(segments, lengths)
-                    for name, shape in seg.cache_shapes(shapes, t).items()}
+    cache_shapes = slot_segments.cache_shapes(shapes, segments, lengths)
     for name, shape in {**cache_shapes, **shapes.cross_shapes(cross_len)}.items():
         spec.add(name, shape)
     cache_names = list(cache_shapes)

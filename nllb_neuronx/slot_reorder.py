@@ -17,7 +17,7 @@ from hlo.types import s32
 from nllb_neuronx.decoder_layer import rows_of
 from nllb_neuronx.program_spec import ProgramShapes
 from nllb_neuronx.resize import resized
-from nllb_neuronx.slot_segments import segments
+from nllb_neuronx.slot_segments import cache_names, cache_shapes, segments
 
 
 def build_slot_reorder(shapes: ProgramShapes, target_len: int | None = None, long_rows: int = 0,
@@ -28,9 +28,8 @@ def build_slot_reorder(shapes: ProgramShapes, target_len: int | None = None, lon
     parts = segments(b, long_rows)
     lengths = (target_len or shapes.compile.max_target_length, long_len)[: len(parts)]
     spec = hlo.ParamSpec(index=s32[b])
-    for seg, t in zip(parts, lengths):
-        for name, shape in seg.cache_shapes(shapes, t).items():
-            spec.add(name, shape)
+    for name, shape in cache_shapes(shapes, parts, lengths).items():
+        spec.add(name, shape)
 
     def slot_reorder(p: hlo.Params) -> dict[str, hlo.Value]:
         out = {}
@@ -43,6 +42,6 @@ def build_slot_reorder(shapes: ProgramShapes, target_len: int | None = None, lon
         return out
 
     split = f"_long{long_rows}x{long_len}" if long_rows else ""
-    names = [name for seg in parts for name in seg.names(shapes)]
+    names = cache_names(shapes, parts)
     return hlo.build(f"nllb_slot_reorder_b{b}_t{lengths[0]}{split}{shapes.name_suffix}", spec, slot_reorder,
                      aliases={name: name for name in names})

@@ -63,6 +63,16 @@ def segments(batch_size: int, long_rows: int) -> tuple[Segment, ...]:
     return Segment(0, short), Segment(short, long_rows, LONG_PREFIX)
 
 
+def cache_names(shapes: ProgramShapes, parts: tuple[Segment, ...]) -> list[str]:
+    """Every cache parameter name of `parts`, segment by segment."""
+    return [name for seg in parts for name in seg.names(shapes)]
+
+
+def cache_shapes(shapes: ProgramShapes, parts: tuple[Segment, ...], lengths) -> dict[str, Shape]:
+    """Every cache parameter of `parts`, segment j stored at `lengths[j]` positions, by name."""
+    return {name: shape for seg, t in zip(parts, lengths) for name, shape in seg.cache_shapes(shapes, t).items()}
+
+
 def default_long_rows(shapes: ProgramShapes) -> int:
     """The long rows a slot state of these shapes keeps: a quarter of the slots where a step reads every stored
     position (XLA CPU), none elsewhere. On the 600M corpus benchmark (batch 8) 2 long slots cut the steps' time by

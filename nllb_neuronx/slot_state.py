@@ -33,7 +33,7 @@ from nllb_neuronx.program_key import (ResizeKey, SlotCopyKey, SlotEncoderKey, Sl
                                       SlotStepKey)
 from nllb_neuronx.slot_copy import STAGED, staging_shapes
 from nllb_neuronx.slot_encoder import insert_sizes, slot_state_shapes
-from nllb_neuronx.slot_segments import default_long_rows, segments
+from nllb_neuronx.slot_segments import cache_names, cache_shapes, default_long_rows, segments
 
 
 class SlotState:
@@ -51,6 +51,7 @@ class SlotState:
         self.segments = segments(self.batch_size,                   # checks long_rows
                                  default_long_rows(self._build_shapes) if long_rows is None else long_rows)
         self.long_rows = self.segments[-1].rows if len(self.segments) > 1 else 0
+        self._cache_names = cache_names(self.shapes, self.segments)
         self.insert_sizes = insert_sizes(self.batch_size)
         self._tensors: dict[str, object] | None = None
         self._staging: dict[str, object] | None = None             # encode-ahead rows, made on first use
@@ -81,8 +82,8 @@ class SlotState:
         """Fresh zero state at the smallest stored lengths (also after a failed device call, whose donated buffers
         may be gone). Staged rows are kept (a failed staging call leaves none: they are made again on first use)."""
         target, source = self._smallest()
-        shapes = {name: shape for seg in self.segments for name, shape in seg.cache_shapes(self.shapes, target).items()}
-        self._tensors = self._zeros({**shapes, **slot_state_shapes(self.shapes, source)})
+        caches = cache_shapes(self.shapes, self.segments, [target] * len(self.segments))
+        self._tensors = self._zeros({**caches, **slot_state_shapes(self.shapes, source)})
 
     def _zeros(self, shapes: dict) -> dict[str, object]:
         return {name: self.model.runtime.put(np.zeros(s.dims, s.dtype.numpy)) for name, s in shapes.items()}
@@ -190,7 +191,7 @@ class SlotState:
         out = self.model.run_program(key, input_ids=tokens.astype(np.int32)[:, None],
                                      start=positions.astype(np.int32), active=active.astype(np.int32),
                                      **head_inputs, **state)
-        self._tensors = {**state, **{name: out[name] for seg in self.segments for name in seg.names(self.shapes)}}
+        self._tensors = {**state, **{name: out[name] for name in self._cache_names}}
         if head == "logits":
             return np.array(out["logits"].numpy(0)[: self.model.config.vocab_size].T, np.float32, order="C")
         if head == "beam":
@@ -214,7 +215,7 @@ class SlotState:
         lengths = self.stored_target_lengths
         state = self._state()
         self._tensors = None
-        caches = {name: state[name] for seg in self.segments for name in seg.names(self.shapes)}
+        caches = {name: state[name] for name in self._cache_names}
         key = SlotReorderKey(lengths[0], self.long_rows, lengths[-1] if self.long_rows else 0)
         out = self.model.run_program(key, index=index.astype(np.int32), **caches)
         self._tensors = {**state, **out}
