@@ -69,7 +69,7 @@ class _Job:
     position: int = 0                   # tokens fed so far = the position of the next token fed
     bucket: int = 0                     # source bucket it was encoded at
     slots: list[int] = field(default_factory=list)       # its slots: one, or one per beam
-    stage_row: int = -1                                  # its staging row once encoded ahead (encode_ahead)
+    staged: StagedRow | None = None                      # where it waits once encoded ahead (encode_ahead)
     beams: BeamSearch | None = None
     sampling: SamplingParams | None = None
     rng: np.random.Generator | None = None          # the request's own generator (sampling only)
@@ -298,25 +298,18 @@ class SlotEngine:
         return max(self._queue, key=lambda job: len(job.source))         # the first of the longest
 
     def _take_staging(self) -> list[_Job]:
-        """Queued jobs to encode ahead, in the admission policy's order, as many as there are free staging rows (each
-        takes one): only when the jobs encoded ahead already cannot fill the free slots."""
+        """Queued jobs to encode ahead, in the admission policy's order, as many as the staging rows hold (B in all):
+        only when the jobs encoded ahead already cannot fill the free slots."""
         free = sum(job is None for job in self._slots)
         if not self._queue or sum(j.num_beams for j in self._staged) >= free:
             return []
-        taken, rows = [], self._free_stage_rows()
-        while self._queue and rows:
+        taken = []
+        while self._queue and len(self._staged) + len(taken) < len(self._slots):
             job = self._next_queued()
             self._queue.remove(job)
-            job.stage_row = rows.pop(0)
             taken.append(job)
         self._staged.extend(taken)
         return taken
-
-    def _free_stage_rows(self) -> list[int]:
-        """Staging rows no request encoded ahead holds (only the loop thread stages and copies, so an admitted
-        job's row is copied before it can be reused)."""
-        held = {job.stage_row for job in self._staged}
-        return [row for row in range(len(self._slots)) if row not in held]
 
     def _take_admissions(self) -> list[_Job]:
         """Waiting jobs (encoded ahead, or queued) for the free slots in the admission policy's order (a request with
@@ -348,12 +341,12 @@ class SlotEngine:
         return list(groups.values())
 
     def _stage(self, jobs: list[_Job]) -> int:
-        """Encode `jobs` into their staging rows, one slot-encoder call per source bucket; returns the calls."""
+        """Encode `jobs` into staging rows, one slot-encoder call per source bucket; returns the calls."""
         groups = self._by_bucket(jobs)
         for group in groups:
-            bucket = self._state.stage([job.stage_row for job in group], [job.source for job in group])
-            for job in group:
-                job.bucket = bucket
+            held = [job.staged for job in self._staged if job.staged is not None]
+            for job, staged in zip(group, self._state.stage([job.source for job in group], held)):
+                job.staged, job.bucket = staged, staged.bucket
         return len(groups)
 
     def _admit(self, admitted: list[_Job]) -> int:
@@ -362,8 +355,7 @@ class SlotEngine:
         calls."""
         if self._encode_ahead:
             for job in admitted:
-                for slot in job.slots:
-                    self._state.insert_staged(slot, job.stage_row, job.bucket)
+                self._state.insert_staged(job.staged, job.slots)
             groups = []
         else:
             groups = self._by_bucket(admitted)

@@ -110,17 +110,19 @@ class SlotEncoderKey(ProgramKey):
 
 @dataclass(frozen=True)
 class SlotCopyKey(ProgramKey):
-    """The slot engine's copy of one request encoded ahead from its staging row into a slot of the state stored at
-    `stored_len` source positions (0: the largest bucket); `slot_copy.py`."""
+    """The slot engine's copy of one request encoded ahead from its staging row (the staging area stored at
+    `staged_len` source positions) into a slot of the state stored at `stored_len` (0: the largest bucket);
+    `slot_copy.py`."""
 
     kind: ClassVar[str] = "slot_copy"
     stored_len: int = 0
+    staged_len: int = 0
 
     def build(self, shapes: ProgramShapes) -> hlo.Module:
-        return build_slot_copy(shapes, self.stored_len or None)
+        return build_slot_copy(shapes, self.stored_len or None, self.staged_len or None)
 
     def canonical(self, shapes: ProgramShapes) -> ProgramKey:
-        return self._spelled_out(shapes, stored_len=shapes.max_source_length)
+        return self._spelled_out(shapes, stored_len=shapes.max_source_length, staged_len=shapes.max_source_length)
 
 
 @dataclass(frozen=True)

@@ -92,6 +92,33 @@ class ProgramShapes:
         """Every source length the slot engine's state may be stored at (`stored_lengths`)."""
         return tuple(self.compile.encoder_buckets) if self.reads_stored_caches else (self.max_source_length,)
 
+    def stage_lengths(self) -> tuple[int, ...]:
+        """The source lengths the slot engine encodes requests ahead at (`SlotState.stage`). On XLA CPU each encoder
+        bucket's span in quarters, rounded up to multiples of 8 (buckets 32, 64, 128: 8, 16, 24, 32, 40, 48, 56,
+        64, 80, ..., 128): there the encoder's time follows the positions it computes (600M shape, 8 rows: about
+        90 ms a call and 1.4 ms a row-position, `benchmarks/slot_costs.py`), and its length fixes no other program
+        (the staged rows wait at their bucket, `staged_length`, and are copied into the state at its own length),
+        so a sub-batch is padded by at most a quarter span. Elsewhere the encoder buckets: each length more is a
+        compile of the encoder (minutes with neuronx-cc)."""
+        buckets = self.compile.encoder_buckets
+        if not self.reads_stored_caches:
+            return tuple(buckets)
+        lengths, low = set(), 0
+        for bucket in buckets:
+            lengths.update(min(bucket, -(-(low + (bucket - low) * i // 4) // 8) * 8) for i in range(1, 5))
+            low = bucket
+        return tuple(sorted(lengths))
+
+    def stage_length(self, length: int) -> int:
+        """The smallest of `stage_lengths` that holds `length` source tokens."""
+        self.compile.encoder_bucket(length)                   # a clear error where no bucket holds it
+        return next(s for s in self.stage_lengths() if s >= length)
+
+    def staged_length(self, bucket: int) -> int:
+        """The source positions rows encoded ahead at source bucket `bucket` wait at (`SlotState.stage`): the bucket
+        where the state is stored as its rows need (XLA CPU), elsewhere the largest, as the state."""
+        return self.stored_source_length(bucket)
+
     @property
     def name_suffix(self) -> str:
         """The end of every program's name: tp, then the amp where it is not f32 and `_s8` for int8 weights, so the

@@ -69,9 +69,13 @@ def every_program(shapes: ProgramShapes, heads: Collection[str] | None = None,
     long_rows = default_long_rows(shapes) if long_rows is None else long_rows
     segments(c.batch_size, long_rows)                                                 # checks long_rows
     split = [(t, long) for t in c.n_positions for long in c.n_positions if long >= t]   # (short, long) lengths
+    bucket_lengths = set(c.encoder_buckets)
     for s in c.encoder_buckets:
         keys += [SlotEncoderKey(s, rows, stored) for stored in shapes.state_source_lengths() if stored >= s
                  for rows in insert_sizes(c.batch_size)]
+        keys += [SlotEncoderKey(length, rows, shapes.staged_length(s)) for length in shapes.stage_lengths()
+                 if length not in bucket_lengths and c.encoder_bucket(length) == s
+                 for rows in insert_sizes(c.batch_size)]                   # encode-ahead between buckets (XLA CPU)
         if long_rows:
             keys += [SlotStepKey(s, head, t, long_rows, long) for t, long in split for head in SLOT_HEADS]
         elif s < shapes.max_source_length:
@@ -79,7 +83,9 @@ def every_program(shapes: ProgramShapes, heads: Collection[str] | None = None,
         else:  # the lockstep decoder programs, listed above, except the heads only the slot engine runs
             keys += [SlotStepKey(s, head, t).canonical(shapes) for t in c.n_positions for head in SLOT_HEADS
                      if head not in LOCKSTEP_HEADS]
-    keys += [SlotCopyKey(stored) for stored in shapes.state_source_lengths()]
+    staged_lengths = sorted({shapes.staged_length(s) for s in c.encoder_buckets})
+    keys += [SlotCopyKey(stored, staged) for stored in shapes.state_source_lengths() for staged in staged_lengths
+             if staged <= stored]
     source_lengths, target_lengths = shapes.state_source_lengths(), shapes.state_target_lengths()
     if long_rows:
         keys += [SlotReorderKey(t, long_rows, long) for t, long in split]

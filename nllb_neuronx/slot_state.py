@@ -8,12 +8,14 @@ State (on the device, updated in place by aliasing), B = the model's batch_size 
     encoder_attention_mask    s32[B, S_stored]
 
 `insert()` runs the slot encoder (`slot_encoder.py`) on up to B new sources at their length bucket and writes them
-into the chosen slots. Encode-ahead: `stage()` runs it on up to B queued sources into rows of a staging area (the
-same tensors at the largest source bucket, `slot_copy.staging_shapes`), and `insert_staged()` copies one staged row
-into a slot when it frees (`slot_copy.py`). `step()` runs the decoder (`decoder.py`) once, one token per slot, each
-slot at its own position; it reads the cache up to the target bucket of the furthest active slot and the
-cross-attention K/V up to the largest source bucket among the active slots. `reorder()` makes slots copies of other
-slots' self-attention caches (beam search, `slot_reorder.py`).
+into the chosen slots. Encode-ahead: `stage()` runs it on up to B queued sources of one bucket into free rows of a
+staging area (the same tensors; one area per `ProgramShapes.staged_length`: on XLA CPU one per source bucket, the
+sources encoded at a length of `ProgramShapes.stage_lengths`, finer than the buckets; elsewhere one area at the
+largest bucket), and `insert_staged()` copies a staged row into slots when they free (`slot_copy.py`). `step()` runs
+the decoder (`decoder.py`) once, one token per slot, each slot at its own position; it reads the cache up to the
+target bucket of the furthest active slot and the cross-attention K/V up to the largest source bucket among the
+active slots. `reorder()` makes slots copies of other slots' self-attention caches (beam search,
+`slot_reorder.py`).
 
 Stored lengths (`ProgramShapes.stored_lengths`): on Neuron the largest buckets, for good (a step reads its buckets of
 them). On XLA CPU, where a step reads every stored position, the state follows what the active slots need: before a
@@ -27,6 +29,9 @@ rows; `move()` swaps requests between slots (the engine keeps its furthest rows 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Iterable
+
 import numpy as np
 
 from nllb_neuronx.program_key import (ResizeKey, SlotCopyKey, SlotEncoderKey, SlotMoveKey, SlotReorderKey,
@@ -34,6 +39,16 @@ from nllb_neuronx.program_key import (ResizeKey, SlotCopyKey, SlotEncoderKey, Sl
 from nllb_neuronx.slot_copy import STAGED, staging_shapes
 from nllb_neuronx.slot_encoder import insert_sizes, slot_state_shapes
 from nllb_neuronx.slot_segments import cache_names, cache_shapes, default_long_rows, segments
+
+
+@dataclass(frozen=True)
+class StagedRow:
+    """Where a request encoded ahead waits (`SlotState.stage`): row `row` of the staging area stored at `length`
+    source positions; `bucket`: its source bucket."""
+
+    length: int
+    row: int
+    bucket: int
 
 
 class SlotState:
@@ -54,7 +69,7 @@ class SlotState:
         self._cache_names = cache_names(self.shapes, self.segments)
         self.insert_sizes = insert_sizes(self.batch_size)
         self._tensors: dict[str, object] | None = None
-        self._staging: dict[str, object] | None = None             # encode-ahead rows, made on first use
+        self._staging: dict[int, dict[str, object]] = {}           # encode-ahead areas by staged length, made on use
         self.resizes = 0                                           # resize program calls so far
 
     @property
@@ -80,7 +95,7 @@ class SlotState:
 
     def reset(self) -> None:
         """Fresh zero state at the smallest stored lengths (also after a failed device call, whose donated buffers
-        may be gone). Staged rows are kept (a failed staging call leaves none: they are made again on first use)."""
+        may be gone). Staged rows are kept (a failed staging call loses its area's: it is made again on next use)."""
         target, source = self._smallest()
         caches = cache_shapes(self.shapes, self.segments, [target] * len(self.segments))
         self._tensors = self._zeros({**caches, **slot_state_shapes(self.shapes, source)})
@@ -113,18 +128,18 @@ class SlotState:
         self._tensors = {**state, **out}
         self.resizes += 1
 
-    def _encoder_inputs(self, rows: list[int], sources: list[np.ndarray]) -> tuple[int, dict[str, np.ndarray]]:
-        """(source bucket, the slot encoder's inputs) writing `sources` (1-D id arrays, no padding) into `rows`: a
-        sub-batch padded to an insert size with copies of its first row (same row, so row 0 is written last)."""
+    def _encoder_inputs(self, rows: list[int], sources: list[np.ndarray], length: int) -> dict[str, np.ndarray]:
+        """The slot encoder's inputs writing `sources` (1-D id arrays, no padding) into `rows` at `length` source
+        positions: a sub-batch padded to an insert size with copies of its first row (same row, so row 0 is written
+        last)."""
         pad = self.model.config.pad_token_id
-        bucket = self.model.compile_config.encoder_bucket(max(len(s) for s in sources))
         k = next(k for k in self.insert_sizes if k >= len(rows))
-        ids = np.full((k, bucket), pad, np.int32)
+        ids = np.full((k, length), pad, np.int32)
         index = np.full(k, rows[0], np.int32)
         for i, (row, source) in enumerate(zip(rows, sources)):
             ids[i, : len(source)], index[i] = source, row
         ids[len(rows):] = ids[0]
-        return bucket, {"input_ids": ids, "attention_mask": (ids != pad).astype(np.int32), "slots": index}
+        return {"input_ids": ids, "attention_mask": (ids != pad).astype(np.int32), "slots": index}
 
     def _grow_source(self, bucket: int) -> int:
         """Grow the state's source side to hold `bucket` positions where it is shorter; returns its stored length."""
@@ -136,28 +151,43 @@ class SlotState:
 
     def insert(self, slots: list[int], sources: list[np.ndarray]) -> int:
         """Encode `sources` (1-D id arrays, no padding) and write them into `slots`; returns their source bucket."""
-        bucket, inputs = self._encoder_inputs(slots, sources)
+        bucket = self.model.compile_config.encoder_bucket(max(len(s) for s in sources))
+        inputs = self._encoder_inputs(slots, sources, bucket)
         stored_source = self._grow_source(bucket)
         self._update_encoder_side(SlotEncoderKey(bucket, len(inputs["slots"]), stored_source), **inputs)
         return bucket
 
-    def stage(self, rows: list[int], sources: list[np.ndarray]) -> int:
-        """Encode `sources` into staging `rows` (0..B-1) for `insert_staged` later; returns their source bucket."""
-        bucket, inputs = self._encoder_inputs(rows, sources)
-        staging = self._staging or self._zeros(staging_shapes(self.shapes))
-        self._staging = None                                   # donated below: gone if the call fails
-        out = self.model.run_program(SlotEncoderKey(bucket, len(inputs["slots"]), self.shapes.max_source_length),
-                                     **inputs, **{name[len(STAGED):]: t for name, t in staging.items()})
-        self._staging = {STAGED + name: t for name, t in out.items()}
-        return bucket
+    def stage(self, sources: list[np.ndarray], held: Iterable[StagedRow] = ()) -> list[StagedRow]:
+        """Encode `sources` (one source bucket, at most B minus the rows held) into free rows of the staging area of
+        their bucket, for `insert_staged` later; `held`: the rows staged before and not yet inserted (kept). Returns
+        where each source waits."""
+        build = self._build_shapes
+        longest = max(len(s) for s in sources)
+        bucket = self.model.compile_config.encoder_bucket(longest)
+        if any(self.model.compile_config.encoder_bucket(len(s)) != bucket for s in sources):
+            raise ValueError("stage() takes sources of one source bucket; group them by bucket")
+        staged = build.staged_length(bucket)
+        taken = {h.row for h in held if h.length == staged}
+        rows = [row for row in range(self.batch_size) if row not in taken][: len(sources)]
+        if len(rows) < len(sources):
+            raise ValueError(f"{len(sources)} sources to stage, {len(rows)} staging rows free of {self.batch_size}")
+        length = build.stage_length(longest)
+        inputs = self._encoder_inputs(rows, sources, length)
+        area = self._staging.pop(staged, None) or self._zeros(staging_shapes(self.shapes, staged))  # donated below
+        out = self.model.run_program(SlotEncoderKey(length, len(inputs["slots"]), staged),
+                                     **inputs, **{name[len(STAGED):]: t for name, t in area.items()})
+        self._staging[staged] = {STAGED + name: t for name, t in out.items()}
+        return [StagedRow(staged, row, bucket) for row in rows]
 
-    def insert_staged(self, slot: int, row: int, bucket: int) -> None:
-        """Copy staging `row` (staged at source `bucket`) into `slot`."""
-        if self._staging is None:
-            raise RuntimeError("no staged rows: call stage() first")
-        stored_source = self._grow_source(bucket)
-        self._update_encoder_side(SlotCopyKey(stored_source), row=np.array([row], np.int32),
-                                  slot=np.array([slot], np.int32), **self._staging)
+    def insert_staged(self, staged: StagedRow, slots: list[int]) -> None:
+        """Copy the staged row into `slots` (a beam request's: one per beam)."""
+        area = self._staging.get(staged.length)
+        if area is None:
+            raise RuntimeError("no staged rows of that length: call stage() first")
+        stored_source = self._grow_source(staged.bucket)
+        for slot in slots:
+            self._update_encoder_side(SlotCopyKey(stored_source, staged.length), row=np.array([staged.row], np.int32),
+                                      slot=np.array([slot], np.int32), **area)
 
     def _update_encoder_side(self, key, **inputs) -> None:
         """Run program `key`, which updates the state's encoder side (cross K/V and source mask) in place."""

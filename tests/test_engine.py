@@ -10,6 +10,7 @@ import torch
 
 from nllb_neuronx import NLLBForSampling
 from nllb_neuronx.engine import EngineClosed, GenerationRequest, QueueFull, SamplingParams, SlotEngine
+from nllb_neuronx.program_key import SlotCopyKey, SlotEncoderKey
 from nllb_neuronx.slot_state import SlotState
 from tests.conftest import TOLERANCE
 
@@ -166,6 +167,32 @@ def test_encode_ahead_batches_the_encoder_and_changes_no_line(model, tiny_checkp
     assert ahead.useful_slot_steps == plain.useful_slot_steps
     with pytest.raises(ValueError, match="encode_ahead"):
         SlotEngine(model, encode_ahead="yes")
+
+
+def test_encode_ahead_between_buckets_changes_no_line(tiny_checkpoint):
+    """On XLA CPU requests encoded ahead run the encoder at a quarter of their bucket's span (buckets 16, 32: lengths
+    8, 16, 24, 32), wait in a staging area at their bucket, and are copied into a state stored at least that long:
+    every line still equals HF's alone, and the programs fetched are the listed ones."""
+    path, hf = tiny_checkpoint
+    model = NLLBForSampling.from_pretrained(path, batch_size=SLOTS, n_positions=[8, 24],
+                                            encoder_buckets=[16, 32]).to_neuron()
+    shapes = model.programs.build_shapes
+    if not shapes.reads_stored_caches:
+        pytest.skip("the finer encode-ahead lengths are XLA CPU's")
+    assert shapes.stage_lengths() == (8, 16, 24, 32)
+    assert [shapes.stage_length(n) for n in (1, 8, 9, 17, 25, 32)] == [8, 8, 16, 24, 32, 32]
+    # longest first, groups of 4: encoded at 32 and 24 positions (staged at 32), at 16 and 8 (staged at 16, copied in
+    # while long lines still run: the state stored at 32)
+    requests = corpus(hf.config.vocab_size, lengths=[30, 20, 22, 19, 5, 3, 7, 29, 6, 4, 2, 13, 28, 11, 27, 18], seed=6)
+    with SlotEngine(model, admission="longest_first") as engine:
+        assert [ids.tolist() for ids in engine.generate(requests)] == [hf_line(hf, r) for r in requests]
+    fetched = set(model.compiled_programs)
+    encoders = {(k.source_len, k.stored_len) for k in fetched if isinstance(k, SlotEncoderKey)}
+    assert {(24, 32), (32, 32), (8, 16)} <= encoders
+    assert any(isinstance(k, SlotCopyKey) and k.staged_len < k.stored_len for k in fetched)
+    assert fetched <= set(model.programs.every_program())
+    with pytest.raises(ValueError, match="longer than the largest encoder bucket 32"):
+        shapes.stage_length(33)
 
 
 def test_the_furthest_rows_move_into_the_long_segment_and_no_line_changes(model, tiny_checkpoint):
