@@ -134,6 +134,7 @@ class SlotEngine:
         self._staged: collections.deque[_Job] = collections.deque()   # encoded ahead, in admission order
         self._cond = threading.Condition()
         self._closed = False
+        self._cancelled = False                                        # a future was cancelled (`_note_cancel`)
         self._useful_slot_steps = self._slot_steps = self._moves = 0
         self._time = {"encoder_calls": 0, "encoder_seconds": 0.0, "steps": 0, "step_seconds": 0.0}
         self._thread = threading.Thread(target=self._loop, name="nllb-slot-engine", daemon=True)
@@ -230,9 +231,14 @@ class SlotEngine:
                 if not block:
                     raise QueueFull(f"{waiting} requests are queued already (max_queue={self._max_queue})")
                 self._cond.wait()
+            future.add_done_callback(self._note_cancel)
             self._queue.append(job)
             self._cond.notify_all()
         return future
+
+    def _note_cancel(self, future: Future) -> None:
+        if future.cancelled():
+            self._cancelled = True            # the loop drops cancelled jobs before its next step
 
     def _check(self, request: GenerationRequest, future: Future) -> _Job:
         """The request as a job, or a ValueError naming what is wrong with it and the fix."""
@@ -285,6 +291,9 @@ class SlotEngine:
         return bool(self._queue or self._staged)
 
     def _drop_cancelled(self) -> None:
+        if not self._cancelled:               # nothing cancelled since the last pass: no walk over the queue
+            return
+        self._cancelled = False
         self._queue = collections.deque(j for j in self._queue if not j.future.cancelled())
         self._staged = collections.deque(j for j in self._staged if not j.future.cancelled())
         for slot, job in enumerate(self._slots):
@@ -445,7 +454,7 @@ class SlotEngine:
         long_slots = self._state.long_slots
         if not long_slots:
             return
-        bucket, index = self._compile.decoder_bucket, np.arange(len(self._slots))
+        bucket, swaps = self._compile.decoder_bucket, []
         with self._cond:
             while True:
                 short = [slot for slot in range(long_slots.start) if self._slots[slot] is not None]
@@ -467,11 +476,10 @@ class SlotEngine:
                     self._slots[slot] = job
                     if job is not None:
                         job.slots = [slot]
-                index[mover], index[target] = index[target], index[mover]
-            moved = bool((index != np.arange(len(index))).any())
-            self._moves += moved
-        if moved:
-            self._state.move(index)
+                swaps.append((mover, target))
+            self._moves += bool(swaps)
+        for mover, target in swaps:                  # in the order decided
+            self._state.move(mover, target)
 
     def _beam_inputs(self, jobs: list[_Job]) -> dict[str, np.ndarray]:
         """The beam head's per-slot inputs: the forced token at a request's first step (-1: none), each beam's

@@ -14,7 +14,7 @@ from nllb_neuronx.program_spec import ProgramShapes
 from nllb_neuronx.reorder import build_reorder
 from nllb_neuronx.slot_copy import build_slot_copy
 from nllb_neuronx.slot_encoder import build_slot_encoder
-from nllb_neuronx.slot_move import build_slot_move
+from nllb_neuronx.slot_move import build_slot_move, build_slot_move_caches
 from nllb_neuronx.slot_reorder import build_slot_reorder
 from nllb_neuronx.resize import build_resize
 from nllb_neuronx.slot_segments import Segment
@@ -26,7 +26,7 @@ class ProgramKey:
     """One program of a model's shape; the base of the key family. A key names a program within one model (the batch
     size, tp, amp and the model come from `ProgramShapes`) and builds it: `key.build(shapes)` -> `hlo.Module`. `kind`
     says which program: the lockstep path's "encoder", "reorder", "decoder", the slot engine's "slot_encoder",
-    "slot_copy", "slot_step", "slot_reorder", "slot_move", and "resize" (both)."""
+    "slot_copy", "slot_step", "slot_reorder", "slot_move", "slot_move_caches", and "resize" (both)."""
 
     kind: ClassVar[str] = ""
     quantized: bool = field(default=False, kw_only=True)  # int8 weights (the model's `CompileConfig.quantization`)
@@ -173,8 +173,8 @@ class SlotReorderKey(ProgramKey):
 
 @dataclass(frozen=True)
 class SlotMoveKey(ProgramKey):
-    """The slot engine's move of the encoder side (cross K/V, source mask) between slots, stored at `stored_len`
-    source positions (0: the largest bucket); `slot_move.py`."""
+    """The slot engine's swap of two slots' encoder sides (cross K/V, source mask), stored at `stored_len` source
+    positions (0: the largest bucket); `slot_move.py`."""
 
     kind: ClassVar[str] = "slot_move"
     stored_len: int = 0
@@ -184,6 +184,20 @@ class SlotMoveKey(ProgramKey):
 
     def canonical(self, shapes: ProgramShapes) -> ProgramKey:
         return self._spelled_out(shapes, stored_len=shapes.max_source_length)
+
+
+@dataclass(frozen=True)
+class SlotMoveCachesKey(ProgramKey):
+    """The slot engine's swap of a short slot's and a long slot's self-attention caches (`slot_move.py`): the short
+    segment stored at `target_len` positions, the `long_rows` long slots at `long_len` >= `target_len`."""
+
+    kind: ClassVar[str] = "slot_move_caches"
+    target_len: int
+    long_rows: int
+    long_len: int
+
+    def build(self, shapes: ProgramShapes) -> hlo.Module:
+        return build_slot_move_caches(shapes, self.target_len, self.long_rows, self.long_len)
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,8 @@ from typing import Callable, Collection, Mapping
 from hlo.runtime import BoundProgram, Program
 
 from nllb_neuronx.program_key import (DecoderKey, EncoderKey, ProgramEvent, ProgramKey, ReorderKey, ResizeKey,
-                                      SlotCopyKey, SlotEncoderKey, SlotMoveKey, SlotReorderKey, SlotStepKey)
+                                      SlotCopyKey, SlotEncoderKey, SlotMoveCachesKey, SlotMoveKey, SlotReorderKey,
+                                      SlotStepKey)
 from nllb_neuronx.slot_segments import default_long_rows, segments
 from nllb_neuronx.program_spec import ProgramShapes
 from nllb_neuronx.slot_encoder import insert_sizes
@@ -89,6 +90,7 @@ def every_program(shapes: ProgramShapes, heads: Collection[str] | None = None,
     source_lengths, target_lengths = shapes.state_source_lengths(), shapes.state_target_lengths()
     if long_rows:
         keys += [SlotReorderKey(t, long_rows, long) for t, long in split]
+        keys += [SlotMoveCachesKey(t, long_rows, long) for t, long in split]
         keys += [SlotMoveKey(stored) for stored in source_lengths]
         for segment in segments(c.batch_size, long_rows):
             keys += [ResizeKey("target", a, b, segment) for a in target_lengths for b in target_lengths if a != b]

@@ -34,8 +34,8 @@ from typing import Iterable
 
 import numpy as np
 
-from nllb_neuronx.program_key import (ResizeKey, SlotCopyKey, SlotEncoderKey, SlotMoveKey, SlotReorderKey,
-                                      SlotStepKey)
+from nllb_neuronx.program_key import (ResizeKey, SlotCopyKey, SlotEncoderKey, SlotMoveCachesKey, SlotMoveKey,
+                                      SlotReorderKey, SlotStepKey)
 from nllb_neuronx.slot_copy import STAGED, staging_shapes
 from nllb_neuronx.slot_encoder import insert_sizes, slot_state_shapes
 from nllb_neuronx.slot_segments import cache_names, cache_shapes, default_long_rows, segments
@@ -250,13 +250,20 @@ class SlotState:
         out = self.model.run_program(key, index=index.astype(np.int32), **caches)
         self._tensors = {**state, **out}
 
-    def move(self, index: np.ndarray) -> None:
-        """Slot b takes the request in slot index[b] (index: [B], a permutation): its self-attention cache
-        (`reorder`, under the same condition) and its encoder side."""
-        self.reorder(index)
-        key = SlotMoveKey(self.stored_lengths[1])
+    def move(self, short_slot: int, long_slot: int) -> None:
+        """Swap the requests of `short_slot` and `long_slot` (of the short and the long cache segment): their
+        self-attention caches and encoder sides. The request moving out of the long segment must be behind the one
+        moving in (the short segment is stored past its positions: `slot_move.py`)."""
+        if not self.long_rows or short_slot not in self.segments[0].slots or long_slot not in self.long_slots:
+            raise ValueError(f"a move swaps a short slot (0..{self.batch_size - self.long_rows - 1}) with a long one "
+                             f"({list(self.long_slots)}), got {short_slot} and {long_slot}")
+        lengths, source = self.stored_target_lengths, self.stored_lengths[1]
+        slots = {"a": np.array([short_slot], np.int32), "b": np.array([long_slot], np.int32)}
         state = self._state()
         self._tensors = None
+        caches = {name: state[name] for name in self._cache_names}
+        out = self.model.run_program(SlotMoveCachesKey(lengths[0], self.long_rows, lengths[-1]), **slots, **caches)
+        state = {**state, **out}
         encoder_side = {name: state[name] for name in slot_state_shapes(self.shapes)}
-        out = self.model.run_program(key, index=index.astype(np.int32), **encoder_side)
+        out = self.model.run_program(SlotMoveKey(source), **slots, **encoder_side)
         self._tensors = {**state, **out}

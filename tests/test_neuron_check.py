@@ -89,7 +89,7 @@ def test_the_slot_engines_long_segment_programs_are_clean(tiny_checkpoint, tp):
     builders = model.program_builders()
     split = [key for key in builders if key.kind == "slot_move" or getattr(key, "long_rows", 0)
              or getattr(key, "segment", None) is not None]
-    assert {key.kind for key in split} == {"slot_step", "slot_reorder", "slot_move", "resize"}
+    assert {key.kind for key in split} == {"slot_step", "slot_reorder", "slot_move", "slot_move_caches", "resize"}
     for key in split:
         module = builders[key]()
         violations = neuron.check(module, num_replicas=tp)
