@@ -191,9 +191,9 @@ class ProgramRegistry:
         return every_program(self._build_shapes, heads, long_rows)
 
     def compile_all(self, workers: int | None = None, heads: Collection[str] | None = None,
-                    long_rows: int | None = None) -> int:
+                    long_rows: int | None = None, warm: bool = False) -> int:
         """Fetch every listed program (`heads`, `long_rows`: see every_program) not fetched yet, several at once;
-        returns how many the runtime compiled."""
+        with `warm`, then run each once on zeros (`BoundProgram.warm_up`). Returns how many the runtime compiled."""
         self.require_runtime()
         before = self.runtime.compile_count
         with self._lock:
@@ -209,6 +209,9 @@ class ProgramRegistry:
                     fresh = self._programs.setdefault(key, program) is program
                 if fresh:
                     self._notify(key, seconds)
+        if warm:
+            for key in self.every_program(heads, long_rows):
+                self._bound(key).warm_up()
         return self.runtime.compile_count - before
 
     def store(self, directory: str) -> dict[str, str]:

@@ -117,3 +117,31 @@ def test_compile_all_lists_the_long_segment_programs_the_slot_engine_runs(tiny_c
     assert not [k for k in unsplit if getattr(k, "long_rows", 0) or k.kind == "slot_move"]
     with pytest.raises(ValueError, match="long_rows must lie in"):
         model.programs.every_program(long_rows=4)
+
+
+def test_compile_all_warm_runs_every_listed_program_once_on_zeros_and_changes_no_result(tiny_checkpoint,
+                                                                                         monkeypatch):
+    """`compile_all(warm=True)` runs each listed program once on zero inputs of its own (the one-time cost of a
+    program's first call then falls there): every kind takes zeros, and the model's own results are unchanged."""
+    from hlo.runtime import BoundProgram
+    path, hf = tiny_checkpoint
+    shape = dict(batch_size=2, n_positions=[4, 8], encoder_buckets=[8, 16])
+    ids, mask = source_batch(hf.config.vocab_size, lengths=(6, 3))
+    plain = NLLBForSampling.from_pretrained(path, **shape).to_neuron()
+    expected = plain.sample(ids, mask, max_new_tokens=6, forced_bos_token_id=5)
+
+    model = NLLBForSampling.from_pretrained(path, **shape).to_neuron()
+    warmed, real = [], BoundProgram.warm_up
+
+    def counted(self):
+        warmed.append(self.program.name)
+        real(self)
+
+    monkeypatch.setattr(BoundProgram, "warm_up", counted)
+    model.compile_all(warm=True)
+    listed = model.program_builders()
+    assert sorted(warmed) == sorted(build().name for build in listed.values())       # each once, every kind
+    np.testing.assert_array_equal(model.sample(ids, mask, max_new_tokens=6, forced_bos_token_id=5), expected)
+    requests = [GenerationRequest(row[row != 1], 5, 6) for row in ids]
+    with SlotEngine(model) as engine:
+        assert [out.tolist() for out in engine.generate(requests)] == [row.tolist() for row in expected]

@@ -158,6 +158,15 @@ class BoundProgram:
     def __call__(self, **inputs) -> dict[str, DeviceTensor]:
         return self.run(inputs)
 
+    def warm_up(self) -> None:
+        """Run once on zeros for every input not bound, and wait: the one-time work of a program's first call (on XLA
+        CPU about 0.4 s more than later calls for a 600M-shape encoder, measured) then falls here rather than in a
+        timed or served call."""
+        spec = self.program.module.params
+        zeros = {name: np.zeros(shape.dims, shape.dtype.numpy) for name, shape in spec if name in self._free}
+        for out in self.run(zeros).values():
+            out.wait()
+
     def run(self, inputs: Mapping[str, object]) -> dict[str, DeviceTensor]:
         program = self.program
         spec, runtime = program.module.params, program.runtime
