@@ -99,9 +99,10 @@ class SlotEngine:
     queued requests at once (`admission`'s order, one slot-encoder call per source bucket) into staging rows, and
     copy each into a slot as slots free (`SlotState.stage`, `insert_staged`). An encoder call for one row costs about
     what it costs for several where the encoder is bound by reading its weights, and on XLA CPU one row ran at half
-    the rate of eight (benchmarks/RESULTS.md), so a busy engine encodes in sub-batches without idling slots. The
-    price: device memory for B more rows of cross-attention K/V at the largest source bucket, and the first request
-    of a burst waits for its sub-batch's encoder call. Off: each request is encoded straight into its slot when one
+    the rate of eight (benchmarks/RESULTS.md), so a busy engine encodes in sub-batches without idling slots. On XLA
+    CPU the sub-batch is encoded at the finer `ProgramShapes.stage_lengths`. The price: device memory for B more rows
+    of cross-attention K/V at the largest source bucket (on XLA CPU a staging area per source bucket, each at its
+    bucket), and the first request of a burst waits for its sub-batch's encoder call. Off: each request is encoded straight into its slot when one
     frees (and `admit_batch` may group them).
 
     `long_slots`: how many slots (the last ones) keep their self-attention caches in the long segment

@@ -87,7 +87,7 @@ class EngineStats:
     steps: int = 0                  # decode steps (one device call each)
     step_seconds: float = 0.0       # wall time in them, the host's bookkeeping of each step included
     resizes: int = 0                # calls that resized the state to what its active slots need (XLA CPU)
-    moves: int = 0                  # calls that moved requests into the long cache segment (XLA CPU)
+    moves: int = 0                  # steps before which requests moved into the long cache segment (XLA CPU)
 
     @property
     def occupancy(self) -> float:

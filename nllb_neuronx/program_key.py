@@ -155,7 +155,7 @@ class SlotStepKey(ProgramKey):
 
 @dataclass(frozen=True)
 class SlotReorderKey(ProgramKey):
-    """The slot engine's reorder of the self-attention cache between slots (beam search, and moving requests), the
+    """The slot engine's reorder of the self-attention cache between slots (beam search), the
     caches stored at `target_len` positions (0: the largest bucket); with `long_rows` > 0 in two row segments
     (`slot_segments.py`), the long one at `long_len`."""
 

@@ -12,10 +12,12 @@ once an engine was made), so `save()`, `nllb-neuronx compile` and `export-hlo` g
 of time: at batch 8 with the default buckets, 104 programs instead of the lockstep path's 56 (slot encoders per
 insert size and source bucket, slot steps per head, target and smaller source bucket, the beam step at the largest
 source bucket per target bucket, one slot reorder, one slot copy for encode-ahead). On XLA CPU, where the states are
-stored only as long as their rows need (`ProgramShapes.stored_lengths`), 214: reorders, slot encoders and slot copies
-per stored length, the resize programs between lengths, and, with the slot engine's caches in two row segments
-(`slot_segments.py`), its steps per (short, long) pair of target buckets at every source bucket, a slot reorder per
-pair, a slot move per stored source length and the resizes per segment (159 with `long_rows=0`).
+stored only as long as their rows need (`ProgramShapes.stored_lengths`), 274: reorders, slot encoders and slot copies
+per stored length (the copies per staged and stored pair), the slot encoders of encode-ahead at the lengths between
+buckets (`ProgramShapes.stage_lengths`), the resize programs between lengths, and, with the slot engine's caches in
+two row segments (`slot_segments.py`), its steps per (short, long) pair of target buckets at every source bucket, a
+slot reorder and a slot move of the caches per pair, a slot move of the encoder side per stored source length and
+the resizes per segment (213 with `long_rows=0`).
 """
 
 from __future__ import annotations
@@ -45,7 +47,8 @@ def every_program(shapes: ProgramShapes, heads: Collection[str] | None = None,
     """Every program generation can run with this shape, in a stable order. Lockstep: per source bucket the encoder,
     the reorder and the decoder's heads with one new token in every target bucket, the two-token prefix (decoder
     start, then the language code) only at position 0, so only in the target bucket that holds 2 positions. Slot
-    engine: per source bucket a slot encoder per insert size and the slot step's heads in every target bucket (at
+    engine: per source bucket a slot encoder per insert size (on XLA CPU also at the encode-ahead lengths between
+    buckets, `ProgramShapes.stage_lengths`) and the slot step's heads in every target bucket (at
     the largest source bucket the slot step is the lockstep decoder program, `SlotStepKey.canonical`, listed once:
     with the lockstep programs, or here for the beam head, which only the slot engine runs); one slot reorder. With
     `decode_unroll` n > 1, also the greedy decoder of n unrolled steps per target bucket. The slot step's logits head

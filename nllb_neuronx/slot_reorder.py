@@ -5,8 +5,8 @@ and updated in place), as a request's beams share one source and so their cross-
 Slots outside a beam request keep themselves (index[b] = b). With the caches in two row segments
 (`slot_segments.py`), a slot may take a slot of the other segment: that cache is cut or zero-padded to its new
 segment's length first (the engine moves a row only into a segment stored past its position, so only positions no
-row reads are cut). Moving whole requests between slots (the engine keeping its furthest rows in the long segment)
-moves their encoder side as well: `slot_move.py`.
+row reads are cut). Moving whole requests between the segments (the engine keeping its furthest rows in the long
+segment) swaps two slots instead: `slot_move.py`.
 """
 
 from __future__ import annotations
