@@ -16,9 +16,12 @@ On XLA CPU a read shorter than the stored length is a slice, which is copied int
 a whole parameter is read in place.
 
 With `--encoder-buckets`, also what admitting new requests costs: the slot encoder on k rows at each source bucket
-(`enc_k<k>_s<S>`: encode k sources and write their cross-attention K/V into k slots; k in the engine's sub-batch
-sizes), against the lockstep encoder on a whole batch (`lockstep_enc_s<S>`), and the copy of one request encoded
-ahead from its staging row into a slot (`slot_copy`, the state stored at `--max-src-len`), each call waited for.
+(`enc_k<k>_s<S>`: encode k sources and write their cross-attention K/V into k rows of a staging area stored as
+encode-ahead stores it, `ProgramShapes.staged_length`: on XLA CPU at the bucket; k in the engine's sub-batch sizes),
+against the lockstep encoder on a whole batch (`lockstep_enc_s<S>`), and the copy of one request encoded ahead from
+its staging row into a slot (`slot_copy`, both stored at `--max-src-len`), each call waited for. `--stage-lengths`
+adds the slot encoder at B rows at encode-ahead lengths between the buckets (`enc_k<B>_s<L>`, XLA CPU's
+`ProgramShapes.stage_lengths`).
 
 Uses the random-weight checkpoint that `generate.py` caches (run it once with the same --shape first), or --model.
 """
@@ -47,6 +50,7 @@ def main(argv=None) -> int:
     parser.add_argument("--position", type=int, default=20)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--encoder-buckets", default="", help="source buckets to time the encoders at (e.g. 32,128)")
+    parser.add_argument("--stage-lengths", default="", help="encode-ahead lengths between them (e.g. 8,16,24,40)")
     parser.add_argument("--long-rows", type=int, default=2, help="rows of the long cache segment (0: no split steps)")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
@@ -60,6 +64,7 @@ def main(argv=None) -> int:
 
     buckets = [int(t) for t in args.n_positions.split(",")]
     encoder_buckets = [int(s) for s in args.encoder_buckets.split(",") if s]
+    stage_lengths = [int(s) for s in args.stage_lengths.split(",") if s]
     path, checkpoint = bench_shapes.checkpoint_of(args)
     model = NLLBForSampling.from_pretrained(
         path, batch_size=args.batch_size, n_positions=buckets,
@@ -110,24 +115,26 @@ def main(argv=None) -> int:
         split_caches[t] = {n: out[n] for n in split_caches[t]}
         return time.perf_counter() - begin
 
+    staging: dict[int, dict] = {}                                   # encode-ahead areas by staged length
+
     def encode_slots(rows: int, source_len: int) -> float:
-        nonlocal state
+        staged = model.programs.build_shapes.staged_length(model.compile_config.encoder_bucket(source_len))
+        area = staging.pop(staged, None) or put_random(slot_state_shapes(shapes, staged))
         ids = rng.integers(4, 1000, (rows, source_len)).astype(np.int32)
         begin = time.perf_counter()
-        out = model.run_program(SlotEncoderKey(source_len, rows), input_ids=ids, attention_mask=np.ones_like(ids),
-                                slots=np.arange(rows, dtype=np.int32),
-                                **{n: state[n] for n in slot_state_shapes(shapes)})
+        out = model.run_program(SlotEncoderKey(source_len, rows, staged), input_ids=ids,
+                                attention_mask=np.ones_like(ids), slots=np.arange(rows, dtype=np.int32), **area)
         out["encoder_attention_mask"].wait()
-        state = {**state, **out}
+        staging[staged] = out
         return time.perf_counter() - begin
 
-    staging = {STAGED + n: t for n, t in put_random(slot_state_shapes(shapes)).items()}
+    staged_rows = {STAGED + n: t for n, t in put_random(slot_state_shapes(shapes)).items()}
 
     def copy_staged() -> float:
         nonlocal state
         begin = time.perf_counter()
         out = model.run_program(SlotCopyKey(stored), row=np.array([3], np.int32), slot=np.array([1], np.int32),
-                                **staging, **{n: state[n] for n in slot_state_shapes(shapes)})
+                                **staged_rows, **{n: state[n] for n in slot_state_shapes(shapes)})
         out["encoder_attention_mask"].wait()
         state = {**state, **out}
         return time.perf_counter() - begin
@@ -144,6 +151,8 @@ def main(argv=None) -> int:
     for s in encoder_buckets:
         calls.update({f"enc_k{k}_s{s}": (lambda k=k, s=s: encode_slots(k, s)) for k in insert_sizes(b)})
         calls[f"lockstep_enc_s{s}"] = lambda s=s: encode_batch(s)
+    for length in stage_lengths:
+        calls[f"enc_k{b}_s{length}"] = lambda length=length: encode_slots(b, length)
     if encoder_buckets:
         calls["slot_copy"] = copy_staged
     for call in calls.values():                             # compile and warm up
@@ -155,6 +164,7 @@ def main(argv=None) -> int:
     record = {**checkpoint, "batch_size": b, "n_positions": buckets, "src_len": args.src_len,
               "long_rows": args.long_rows,
               "stored_source": stored, "steps": args.steps, "encoder_buckets": encoder_buckets,
+              "stage_lengths": stage_lengths,
               **{f"{n}_ms_p50": round(float(np.median(v)), 2) for n, v in times.items()},
               **{f"{n}_ms_p10": round(float(np.percentile(v, 10)), 2) for n, v in times.items()}}
     print(json.dumps(record))
