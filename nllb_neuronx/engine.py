@@ -102,8 +102,8 @@ class SlotEngine:
     the rate of eight (benchmarks/RESULTS.md), so a busy engine encodes in sub-batches without idling slots. On XLA
     CPU the sub-batch is encoded at the finer `ProgramShapes.stage_lengths`. The price: device memory for B more rows
     of cross-attention K/V at the largest source bucket (on XLA CPU a staging area per source bucket, each at its
-    bucket), and the first request of a burst waits for its sub-batch's encoder call. Off: each request is encoded straight into its slot when one
-    frees (and `admit_batch` may group them).
+    bucket), and the first request of a burst waits for its sub-batch's encoder call. Off: each request is encoded
+    straight into its slot when one frees (and `admit_batch` may group them).
 
     `long_slots`: how many slots (the last ones) keep their self-attention caches in the long segment
     (`slot_segments.py`; None: `default_long_rows`, a quarter of them on XLA CPU, none elsewhere). Before each step

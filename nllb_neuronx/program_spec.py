@@ -96,10 +96,10 @@ class ProgramShapes:
         """The source lengths the slot engine encodes requests ahead at (`SlotState.stage`). On XLA CPU each encoder
         bucket's span in quarters, rounded up to multiples of 8 (buckets 32, 64, 128: 8, 16, 24, 32, 40, 48, 56,
         64, 80, ..., 128): there the encoder's time follows the positions it computes (600M shape, 8 rows: about
-        90 ms a call and 1.4 ms a row-position, `benchmarks/slot_costs.py`), and its length fixes no other program
-        (the staged rows wait at their bucket, `staged_length`, and are copied into the state at its own length),
-        so a sub-batch is padded by at most a quarter span. Elsewhere the encoder buckets: each length more is a
-        compile of the encoder (minutes with neuronx-cc)."""
+        60 ms a call and 1.5 ms a row-position, `benchmarks/slot_costs.py --stage-lengths`), and its length fixes no
+        other program (the staged rows wait at their bucket, `staged_length`, and are copied into the state at its
+        own length), so a sub-batch is padded by at most a quarter span. Elsewhere the encoder buckets: each length
+        more is a compile of the encoder (minutes with neuronx-cc)."""
         buckets = self.compile.encoder_buckets
         if not self.reads_stored_caches:
             return tuple(buckets)

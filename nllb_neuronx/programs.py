@@ -199,8 +199,9 @@ class ProgramRegistry:
         with `warm`, then run each once on zeros (`BoundProgram.warm_up`). Returns how many the runtime compiled."""
         self.require_runtime()
         before = self.runtime.compile_count
+        listed = self.every_program(heads, long_rows)
         with self._lock:
-            missing = [key for key in self.every_program(heads, long_rows) if key not in self._programs]
+            missing = [key for key in listed if key not in self._programs]
 
         def fetch(key: ProgramKey):
             start = time.perf_counter()
@@ -213,7 +214,7 @@ class ProgramRegistry:
                 if fresh:
                     self._notify(key, seconds)
         if warm:
-            for key in self.every_program(heads, long_rows):
+            for key in listed:
                 self._bound(key).warm_up()
         return self.runtime.compile_count - before
 

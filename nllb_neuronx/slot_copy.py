@@ -23,7 +23,8 @@ import hlo
 from hlo.types import s32
 
 from nllb_neuronx.program_spec import ProgramShapes
-from nllb_neuronx.slot_encoder import slot_state_shapes
+from nllb_neuronx.resize import resized
+from nllb_neuronx.slot_encoder import put_slot_row, slot_row, slot_state_shapes
 
 STAGED = "staged."   # the staging tensors' parameter names: this prefix and the state's names
 
@@ -48,18 +49,11 @@ def build_slot_copy(shapes: ProgramShapes, stored: int | None = None, staged: in
 
     def slot_copy(p: hlo.Params) -> dict[str, hlo.Value]:
         row, slot = hlo.reshape(p.row, []), hlo.reshape(p.slot, [])                           # s32[] each
-        zero = hlo.constant(0, s32)
         out = {}
         for name, shape in state.items():
-            source_dim = shape.rank - 2 if shape.rank == 4 else 1           # K/V [B, N, S, D], mask [B, S]
-            rest = [zero] * (shape.rank - 1)
-            staged_dims = p[STAGED + name].shape.dims[1:]
-            update = hlo.dynamic_slice(p[STAGED + name], [row, *rest], [1, *staged_dims])      # [1, N, S_staged, D]
-            if staged < stored:
-                tail = [(0, 0, 0)] * shape.rank
-                tail[source_dim] = (0, stored - staged, 0)
-                update = hlo.pad(update, 0, tail)                                             # [1, N, S_stored, D]
-            out[name] = hlo.dynamic_update_slice(p[name], update, [slot, *rest])
+            source_dim = 2 if shape.rank == 4 else 1                        # K/V [B, N, S, D], mask [B, S]
+            update = resized(slot_row(p[STAGED + name], row), source_dim, stored)             # [1, N, S_stored, D]
+            out[name] = put_slot_row(p[name], update, slot)
         return out
 
     stage = "" if staged == stored else f"_from{staged}"

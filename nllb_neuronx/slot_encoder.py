@@ -28,6 +28,19 @@ def slot_state_shapes(shapes: ProgramShapes, source_len: int | None = None) -> d
     return {**shapes.cross_shapes(stored), "encoder_attention_mask": s32[shapes.batch_size, stored]}
 
 
+def slot_row(x: hlo.Value, slot: hlo.Value) -> hlo.Value:
+    """Row `slot` (s32[], a runtime index) of x [B, ...] -> [1, ...]: a dynamic-slice."""
+    zero = hlo.constant(0, s32)
+    return hlo.dynamic_slice(x, [slot] + [zero] * (x.shape.rank - 1), [1, *x.dims[1:]])
+
+
+def put_slot_row(x: hlo.Value, row: hlo.Value, slot: hlo.Value) -> hlo.Value:
+    """x [B, ...] with row `slot` (s32[], a runtime index) replaced by row [1, ...]: a dynamic-update-slice (in place
+    where x is donated)."""
+    zero = hlo.constant(0, s32)
+    return hlo.dynamic_update_slice(x, row, [slot] + [zero] * (x.shape.rank - 1))
+
+
 def insert_sizes(batch_size: int) -> tuple[int, ...]:
     """The sub-batch sizes compiled for admission: powers of two below the batch size, and the batch size."""
     sizes, k = [], 1
@@ -58,15 +71,10 @@ def build_slot_encoder(shapes: ProgramShapes, rows: int, source_len: int, stored
         new = {name: hlo.pad(x, 0.0, pad_source) for name, x in cross.items()}                  # [k, N, S_max, D]
         new["encoder_attention_mask"] = hlo.pad(p.attention_mask, 0, [(0, 0, 0), (0, tail, 0)])  # S -> S_max
         state = {name: p[name] for name in state_names}
-        zero = hlo.constant(0, s32)
         for row in reversed(range(rows)):
             slot = hlo.reshape(hlo.slice_in_dim(p.slots, row, row + 1, 0), [])                   # s32[]
-            for name in cross:
-                update = hlo.slice_in_dim(new[name], row, row + 1, 0)                            # [1, N, S_max, D]
-                state[name] = hlo.dynamic_update_slice(state[name], update, [slot, zero, zero, zero])
-            update = hlo.slice_in_dim(new["encoder_attention_mask"], row, row + 1, 0)            # [1, S_max]
-            state["encoder_attention_mask"] = hlo.dynamic_update_slice(state["encoder_attention_mask"], update,
-                                                                       [slot, zero])
+            for name in new:                                            # [1, N, S_max, D] each, the mask [1, S_max]
+                state[name] = put_slot_row(state[name], hlo.slice_in_dim(new[name], row, row + 1, 0), slot)
         return state
 
     name = f"nllb_slot_encoder_b{shapes.batch_size}_k{rows}_s{source_len}_of{stored}{shapes.name_suffix}"

@@ -22,20 +22,8 @@ from hlo.types import s32
 
 from nllb_neuronx.program_spec import ProgramShapes
 from nllb_neuronx.resize import resized
-from nllb_neuronx.slot_encoder import slot_state_shapes
+from nllb_neuronx.slot_encoder import put_slot_row, slot_row, slot_state_shapes
 from nllb_neuronx.slot_segments import cache_names, cache_shapes, segments
-
-
-def _row(x: hlo.Value, index: hlo.Value) -> hlo.Value:
-    """Row `index` (s32[]) of x [B, ...] -> [1, ...]."""
-    zero = hlo.constant(0, s32)
-    return hlo.dynamic_slice(x, [index] + [zero] * (x.shape.rank - 1), [1, *x.dims[1:]])
-
-
-def _put_row(x: hlo.Value, row: hlo.Value, index: hlo.Value) -> hlo.Value:
-    """x [B, ...] with row `index` (s32[]) replaced by row [1, ...]."""
-    zero = hlo.constant(0, s32)
-    return hlo.dynamic_update_slice(x, row, [index] + [zero] * (x.shape.rank - 1))
 
 
 def build_slot_move_caches(shapes: ProgramShapes, target_len: int, long_rows: int, long_len: int) -> hlo.Module:
@@ -55,10 +43,10 @@ def build_slot_move_caches(shapes: ProgramShapes, target_len: int, long_rows: in
         out = {}
         for name in shapes.cache_names():
             short_cache, long_cache = p[short.prefix + name], p[long.prefix + name]
-            from_short = resized(_row(short_cache, a), 2, long_len)                            # [1, N, T_long, D]
-            from_long = resized(_row(long_cache, b), 2, target_len)                            # [1, N, T_short, D]
-            out[short.prefix + name] = _put_row(short_cache, from_long, a)
-            out[long.prefix + name] = _put_row(long_cache, from_short, b)
+            from_short = resized(slot_row(short_cache, a), 2, long_len)                        # [1, N, T_long, D]
+            from_long = resized(slot_row(long_cache, b), 2, target_len)                        # [1, N, T_short, D]
+            out[short.prefix + name] = put_slot_row(short_cache, from_long, a)
+            out[long.prefix + name] = put_slot_row(long_cache, from_short, b)
         return out
 
     name = f"nllb_slot_move_caches_b{shapes.batch_size}_t{target_len}_long{long_rows}x{long_len}{shapes.name_suffix}"
@@ -77,8 +65,8 @@ def build_slot_move(shapes: ProgramShapes, stored: int | None = None) -> hlo.Mod
         first, second = hlo.reshape(p.a, []), hlo.reshape(p.b, [])                             # s32[] each
         out = {}
         for name in state:
-            row_a, row_b = _row(p[name], first), _row(p[name], second)                         # [1, ...] each
-            out[name] = _put_row(_put_row(p[name], row_b, first), row_a, second)
+            row_a, row_b = slot_row(p[name], first), slot_row(p[name], second)                 # [1, ...] each
+            out[name] = put_slot_row(put_slot_row(p[name], row_b, first), row_a, second)
         return out
 
     s = state["encoder_attention_mask"].dims[1]

@@ -193,6 +193,14 @@ def test_encode_ahead_between_buckets_changes_no_line(tiny_checkpoint):
     assert fetched <= set(model.programs.every_program())
     with pytest.raises(ValueError, match="longer than the largest encoder bucket 32"):
         shapes.stage_length(33)
+    state = SlotState(model)                  # misuse of its public calls is named before any device call
+    with pytest.raises(ValueError, match="one source bucket; group them by bucket"):
+        state.stage([np.arange(4, 9), np.arange(4, 24)])                           # buckets 16 and 32
+    staged = state.stage([np.arange(4, 9)] * 3)
+    with pytest.raises(ValueError, match="2 sources to stage, 1 staging rows free of 4"):
+        state.stage([np.arange(4, 9)] * 2, held=staged)
+    with pytest.raises(ValueError, match=r"a short slot \(0\.\.2\) with a long one \(\[3\]\), got 1 and 2"):
+        state.move(1, 2)
 
 
 def test_the_furthest_rows_move_into_the_long_segment_and_no_line_changes(model, tiny_checkpoint):
