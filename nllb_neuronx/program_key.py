@@ -173,14 +173,15 @@ class SlotReorderKey(ProgramKey):
 
 @dataclass(frozen=True)
 class SlotMoveKey(ProgramKey):
-    """The slot engine's swap of two slots' encoder sides (cross K/V, source mask), stored at `stored_len` source
-    positions (0: the largest bucket); `slot_move.py`."""
+    """One part ("take" the two rows, "put" them swapped) of the slot engine's swap of two slots' encoder sides
+    (cross K/V, source mask), stored at `stored_len` source positions (0: the largest bucket); `slot_move.py`."""
 
     kind: ClassVar[str] = "slot_move"
     stored_len: int = 0
+    part: str = "take"
 
     def build(self, shapes: ProgramShapes) -> hlo.Module:
-        return build_slot_move(shapes, self.stored_len or None)
+        return build_slot_move(shapes, self.stored_len or None, self.part)
 
     def canonical(self, shapes: ProgramShapes) -> ProgramKey:
         return self._spelled_out(shapes, stored_len=shapes.max_source_length)
@@ -188,16 +189,18 @@ class SlotMoveKey(ProgramKey):
 
 @dataclass(frozen=True)
 class SlotMoveCachesKey(ProgramKey):
-    """The slot engine's swap of a short slot's and a long slot's self-attention caches (`slot_move.py`): the short
-    segment stored at `target_len` positions, the `long_rows` long slots at `long_len` >= `target_len`."""
+    """One part ("take" the two rows, "put" them swapped) of the slot engine's swap of a short slot's and a long
+    slot's self-attention caches (`slot_move.py`): the short segment stored at `target_len` positions, the
+    `long_rows` long slots at `long_len` >= `target_len`."""
 
     kind: ClassVar[str] = "slot_move_caches"
     target_len: int
     long_rows: int
     long_len: int
+    part: str = "take"
 
     def build(self, shapes: ProgramShapes) -> hlo.Module:
-        return build_slot_move_caches(shapes, self.target_len, self.long_rows, self.long_len)
+        return build_slot_move_caches(shapes, self.target_len, self.long_rows, self.long_len, self.part)
 
 
 @dataclass(frozen=True)

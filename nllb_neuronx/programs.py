@@ -37,6 +37,7 @@ from nllb_neuronx.program_key import (DecoderKey, EncoderKey, ProgramEvent, Prog
 from nllb_neuronx.slot_segments import default_long_rows, segments
 from nllb_neuronx.program_spec import ProgramShapes
 from nllb_neuronx.slot_encoder import insert_sizes
+from nllb_neuronx.slot_move import PARTS as MOVE_PARTS
 
 LOCKSTEP_HEADS = ("logits", "greedy", "sample")   # decode_step, next_tokens greedy, next_tokens sampled
 SLOT_HEADS = ("greedy", "sample", "beam")  # greedy; sampling (greedy rows at temperature 0); beams (+ greedy rows)
@@ -93,8 +94,8 @@ def every_program(shapes: ProgramShapes, heads: Collection[str] | None = None,
     source_lengths, target_lengths = shapes.state_source_lengths(), shapes.state_target_lengths()
     if long_rows:
         keys += [SlotReorderKey(t, long_rows, long) for t, long in split]
-        keys += [SlotMoveCachesKey(t, long_rows, long) for t, long in split]
-        keys += [SlotMoveKey(stored) for stored in source_lengths]
+        keys += [SlotMoveCachesKey(t, long_rows, long, part) for t, long in split for part in MOVE_PARTS]
+        keys += [SlotMoveKey(stored, part) for stored in source_lengths for part in MOVE_PARTS]
         for segment in segments(c.batch_size, long_rows):
             keys += [ResizeKey("target", a, b, segment) for a in target_lengths for b in target_lengths if a != b]
     else:

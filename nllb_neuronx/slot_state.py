@@ -29,7 +29,7 @@ rows; `move()` swaps requests between slots (the engine keeps its furthest rows 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterable
 
 import numpy as np
@@ -260,10 +260,12 @@ class SlotState:
         lengths, source = self.stored_target_lengths, self.stored_lengths[1]
         slots = {"a": np.array([short_slot], np.int32), "b": np.array([long_slot], np.int32)}
         state = self._state()
-        self._tensors = None
         caches = {name: state[name] for name in self._cache_names}
-        out = self.model.run_program(SlotMoveCachesKey(lengths[0], self.long_rows, lengths[-1]), **slots, **caches)
-        state = {**state, **out}
         encoder_side = {name: state[name] for name in slot_state_shapes(self.shapes)}
-        out = self.model.run_program(SlotMoveKey(source), **slots, **encoder_side)
+        cache_key, encoder_key = SlotMoveCachesKey(lengths[0], self.long_rows, lengths[-1]), SlotMoveKey(source)
+        cache_rows = self.model.run_program(cache_key, **slots, **caches)               # "take": the state stays
+        encoder_rows = self.model.run_program(encoder_key, **slots, **encoder_side)
+        self._tensors = None                                                            # "put": donated below
+        out = self.model.run_program(replace(cache_key, part="put"), **slots, **caches, **cache_rows)
+        out |= self.model.run_program(replace(encoder_key, part="put"), **slots, **encoder_side, **encoder_rows)
         self._tensors = {**state, **out}

@@ -112,3 +112,8 @@ class Replicas:
 def hlo_text(module_bytes: bytes) -> str:
     """XLA's own HLO text of serialized HloModuleProto bytes (XLA parses the proto, then prints its module)."""
     return xc.XlaComputation(module_bytes).as_hlo_text()
+
+
+def optimized_hlo_text(executable) -> str:
+    """XLA's HLO of a compiled executable, after its passes (fusions, the copies it inserted)."""
+    return "\n".join(module.to_string() for module in executable.hlo_modules())

@@ -248,6 +248,11 @@ class Runtime:
         """The versions of what compiled programs depend on (for a manifest)."""
         return {}
 
+    def compiled_text(self, program: Program) -> str | None:
+        """The HLO text the backend's compiler made of `program` after its own passes (its fusions, the copies it
+        inserted), or None where the backend does not show it."""
+        return None
+
     def put(self, value) -> DeviceTensor:
         raise NotImplementedError
 

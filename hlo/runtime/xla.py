@@ -131,6 +131,9 @@ class XlaRuntime(Runtime):
     def versions(self) -> dict[str, str]:
         return _jaxlib.versions()
 
+    def compiled_text(self, program: Program) -> str | None:
+        return _jaxlib.optimized_hlo_text(program.executable)
+
     def clear_cache(self) -> None:
         suffix = "|" + ",".join(str(d.id) for d in self.devices)
         for key in [k for k in _EXECUTABLES if k.endswith(suffix)]:
