@@ -62,23 +62,26 @@ def positions(ids: hlo.Value, first: hlo.Value, pad: int) -> hlo.Value:
     return first * not_pad + pad
 
 
-def attention(q: hlo.Value, k: hlo.Value, v: hlo.Value, mask: hlo.Value) -> hlo.Value:
+def attention(q: hlo.Value, k: hlo.Value, v: hlo.Value, mask: hlo.Value, heads_batch_only: bool = False) -> hlo.Value:
     """Softmax attention: q [B, N, P, D] over k, v [B, N, K, D] with additive mask [B, P, K] -> [B, N, P, D].
 
-    With one row (B = 1) the dots batch over the heads only, the row a free dimension of both sides, and the values
-    are the dot's left side (the same numbers): batched over a size-1 row, XLA CPU drops that dimension from a cache
-    the program has just written in place (a bitcast), then fuses the write into both the bitcast and the program's
-    output, so it copies every cache several times on every step (96 copies of [1, 16, 64, 64] in the 600M batch-1
-    decode step; none at batch 2)."""
+    `heads_batch_only` (one row, B = 1): the dots batch over the heads only, the row a free dimension of both sides,
+    and the values are the dot's left side (the same numbers). For a cache the program has just written in place:
+    batched over a size-1 row, XLA CPU drops that dimension from the written cache (a bitcast), then fuses the write
+    into both the bitcast and the program's output, so it copies every cache several times per call (96 copies of
+    [1, 16, 64, 64] in the 600M batch-1 decode step; none at batch 2). This form has no copies but slower dots
+    (`decoder_layer.self_attention` says where each is used)."""
     b, n, p, d = q.dims
-    if b == 1:
+    if heads_batch_only and b != 1:
+        raise ValueError(f"heads_batch_only is for one row, got {b}")
+    if heads_batch_only:
         scores = hlo.dot_general(q, k, ([3], [3]), ([1], [1]), preferred_element_type=f32)     # [N, 1, P, 1, K]
         scores = hlo.reshape(scores, [b, n, p, k.dims[2]])                                     # [1, N, P, K]
     else:
         scores = hlo.dot_general(q, k, ([3], [3]), ([0, 1], [0, 1]), preferred_element_type=f32)  # [B, N, P, K]
     scores = scores + hlo.broadcast_in_dim(mask, scores.dims, [0, 2, 3])
     probs = hlo.convert(nn.softmax(scores, -1), v.dtype)                                      # [B, N, P, K]
-    if b == 1:
+    if heads_batch_only:
         ctx = hlo.dot_general(v, probs, ([2], [3]), ([1], [1]))                                # [N, 1, D, 1, P]
         ctx = hlo.transpose(hlo.reshape(ctx, [n, v.dims[3], p]), [0, 2, 1])                    # [N, P, D]
         return hlo.reshape(ctx, [b, n, p, v.dims[3]])                                          # [1, N, P, D]

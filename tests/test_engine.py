@@ -414,3 +414,30 @@ def test_beams_take_slots_and_equal_hf_beam_search_alone(beam_checkpoint):
         differ += request.num_beams > 1 and ids.tolist() != hf_line(hf, request, num_beams=1)
     assert differ >= 3                                            # the beams did search: not greedy in disguise
     assert any(ids[-1] == 58 and len(ids) < 1 + r.max_new_tokens for r, ids in zip(requests, results))  # EOS
+
+
+def test_one_row_stored_past_64_positions_matches_hf(tiny_checkpoint):
+    """A segment of one row stored at more than `ONE_ROW_COPIES_UP_TO` positions attends with the dots batched over
+    the heads only (`layers.attention(heads_batch_only=True)`): batch-1 lockstep logits through 70 positions (stored
+    at 128 from position 8 on) equal HF's, and so does every line of a slot engine whose one-row long segment runs
+    past 8 positions while the short one stays at 8."""
+    path, hf = tiny_checkpoint
+    buckets = dict(n_positions=[8, 128], encoder_buckets=[8, 16])
+    rng = np.random.default_rng(3)
+    ids = np.array([source(11, rng, hf.config.vocab_size)])
+    targets = np.concatenate([[2], rng.integers(4, hf.config.vocab_size, 69)])[None]           # [1, 70]
+    with torch.no_grad():
+        ref = hf(input_ids=torch.tensor(ids), decoder_input_ids=torch.tensor(targets)).logits.numpy()[0]
+    lockstep = NLLBForSampling.from_pretrained(path, batch_size=1, **buckets).to_neuron()
+    lockstep.encode(ids)
+    logits = np.stack([lockstep.decode_step(targets[:, t])[0] for t in range(targets.shape[1])])
+    assert lockstep.cache_length == 128 and np.abs(logits - ref).max() < TOLERANCE["logits"]
+
+    model = NLLBForSampling.from_pretrained(path, batch_size=SLOTS, **buckets).to_neuron()
+    requests = corpus(hf.config.vocab_size, lengths=[9, 4, 6, 5, 7], seed=4)
+    requests = [GenerationRequest(r.input_ids, r.forced_bos_token_id, max_new_tokens=n)
+                for r, n in zip(requests, [40, 5, 6, 4, 6])]
+    with SlotEngine(model, long_slots=1) as engine:
+        assert [ids.tolist() for ids in engine.generate(requests)] == [hf_line(hf, r) for r in requests]
+    assert any(key.kind == "slot_step" and key.long_len == 128 and key.target_len == 8
+               for key in model.compiled_programs)
