@@ -1,7 +1,9 @@
 """The reorder program: gather batch rows of the decoder state on the device (beam search, beams from rows).
 
 Row i of the result is row `index[i]` of the input, for every layer's self-attention cache [B, N_local, T, D] and
-cross-attention K/V [B, N_local, S, D]. The caches are donated, so no second copy stays alive.
+cross-attention K/V [B, N_local, S, D]. The caches are donated and updated in place where
+`ProgramShapes.reorders_in_place`; on XLA CPU the rows go to fresh buffers (half the time there) and the old ones
+are dropped after the call.
 """
 
 from __future__ import annotations
@@ -24,4 +26,4 @@ def build_reorder(shapes: ProgramShapes, source_len: int, target_len: int | None
 
     t = shapes.cache_shape(target_len).dims[2]
     return hlo.build(f"nllb_reorder_b{b}_s{source_len}_t{t}{shapes.name_suffix}", spec, reorder,
-                     aliases={name: name for name in state})
+                     aliases={name: name for name in state} if shapes.reorders_in_place else None)
