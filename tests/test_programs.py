@@ -7,10 +7,12 @@ import re
 import numpy as np
 import pytest
 
-from nllb_neuronx import NLLBForSampling
-from nllb_neuronx.engine import GenerationRequest, SlotEngine
-from nllb_neuronx.program_key import DecoderKey, EncoderKey, SlotStepKey
+import hlo
+
+from nllb_neuronx import NLLBForSampling, layers
 from nllb_neuronx.decoder_layer import ONE_ROW_COPIES_UP_TO
+from nllb_neuronx.engine import GenerationRequest, SlotEngine
+from nllb_neuronx.program_key import DecoderKey, EncoderKey, SlotMoveCachesKey, SlotMoveKey, SlotStepKey
 from tests.conftest import source_batch
 
 
@@ -108,6 +110,11 @@ def test_compile_all_lists_the_long_segment_programs_the_slot_engine_runs(tiny_c
     steps = {(k.target_len, k.long_rows, k.long_len) for k in listed if isinstance(k, SlotStepKey)}
     assert steps == {(4, 1, 4), (4, 1, 8), (8, 1, 8)}                       # the long segment never the shorter
     assert any(k.kind == "slot_move" for k in listed)
+    assert {k.part for k in listed if k.kind in ("slot_move", "slot_move_caches")} == {"take", "put"}
+    shapes = model.programs.build_shapes
+    for bad in (SlotMoveKey(8, "swap"), SlotMoveCachesKey(4, 1, 8, "swap")):   # a part that is not one: named
+        with pytest.raises(ValueError, match=r"part must be one of \('take', 'put'\), got 'swap'"):
+            bad.build(shapes)
     ids, _ = source_batch(hf.config.vocab_size, lengths=(6, 3, 5, 4, 7, 3))
     limits = (8, 2, 2, 3, 2, 2)             # line 0 outgrows bucket 4 in slot 0 and moves to slot 3 (line 3's)
     requests = [GenerationRequest(row[row != 1], 5, n) for row, n in zip(ids, limits)]
@@ -162,6 +169,10 @@ def test_programs_that_update_the_state_in_place_copy_none_of_it(tiny_checkpoint
     assert {key: names for key, names in copied.items() if names} == {}
     assert {(1, "decoder", 8), (4, "slot_step", 4)} <= exempt              # what the exception covers: it is needed
     assert not {entry for entry in exempt if entry[2] == 128}              # one row at 128 positions: no copies
+    cache = hlo.Shape(hlo.f32, (2, 2, 8, 4))                  # the heads-only form is for one row: misuse named
+    with pytest.raises(ValueError, match="heads_batch_only is for one row, got 2"):
+        hlo.build("two_rows", {"q": cache, "kv": cache, "mask": hlo.Shape(hlo.f32, (2, 8, 8))},
+                  lambda p: {"ctx": layers.attention(p.q, p.kv, p.kv, p.mask, heads_batch_only=True)})
 
 
 def test_compile_all_warm_runs_every_listed_program_once_on_zeros_and_changes_no_result(tiny_checkpoint,
