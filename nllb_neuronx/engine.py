@@ -448,14 +448,15 @@ class SlotEngine:
 
     def _keep_long_rows_long(self) -> None:
         """Move the furthest single-row requests of the short cache segment into the long one while that lowers the
-        short segment's target bucket for the next step: each swaps with a free long slot, or with the long slot
-        whose single-row request is nearest its start, if that is behind it. Beam requests stay (their slots' order
-        is their beams'). A moved request's positions fit its new segment: the long one is stored at least as long
-        as the short one, and the request moving out of it is behind the one moving in."""
+        short segment's target length for the next step (`SlotState.target_length`): each swaps with a free long
+        slot, or with the long slot whose single-row request is nearest its start, if that is behind it. Beam
+        requests stay (their slots' order is their beams'). A moved request's positions fit its new segment: the
+        long one is stored at least as long as the short one, and the request moving out of it is behind the one
+        moving in."""
         long_slots = self._state.long_slots
         if not long_slots:
             return
-        bucket, swaps = self._compile.decoder_bucket, []
+        length, swaps = self._state.target_length, []
         with self._cond:
             while True:
                 short = [slot for slot in range(long_slots.start) if self._slots[slot] is not None]
@@ -471,7 +472,7 @@ class SlotEngine:
                 rest = [self._slots[slot].position for slot in short if slot != mover]
                 if self._slots[target] is not None:
                     rest.append(self._slots[target].position)
-                if bucket(self._slots[mover].position + 1) <= bucket(max(rest, default=0) + 1):
+                if length(self._slots[mover].position + 1) <= length(max(rest, default=0) + 1):
                     break
                 for slot, job in ((mover, self._slots[target]), (target, self._slots[mover])):
                     self._slots[slot] = job

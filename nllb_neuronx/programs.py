@@ -12,12 +12,14 @@ once an engine was made), so `save()`, `nllb-neuronx compile` and `export-hlo` g
 of time: at batch 8 with the default buckets, 104 programs instead of the lockstep path's 56 (slot encoders per
 insert size and source bucket, slot steps per head, target and smaller source bucket, the beam step at the largest
 source bucket per target bucket, one slot reorder, one slot copy for encode-ahead). On XLA CPU, where the states are
-stored only as long as their rows need (`ProgramShapes.stored_lengths`), 274: reorders, slot encoders and slot copies
+stored only as long as their rows need (`ProgramShapes.stored_lengths`), 450: reorders, slot encoders and slot copies
 per stored length (the copies per staged and stored pair), the slot encoders of encode-ahead at the lengths between
-buckets (`ProgramShapes.stage_lengths`), the resize programs between lengths, and, with the slot engine's caches in
-two row segments (`slot_segments.py`), its steps per (short, long) pair of target buckets at every source bucket, a
-slot reorder and a slot move of the caches per pair, a slot move of the encoder side per stored source length and
-the resizes per segment (213 with `long_rows=0`).
+buckets (`ProgramShapes.stage_lengths`), the slot steps also halfway between target buckets
+(`ProgramShapes.slot_target_lengths`), the resize programs between lengths, and, with the slot engine's caches in
+two row segments (`slot_segments.py`), its steps per (short, long) pair of those target lengths at every source
+bucket, a slot reorder and a slot move of the caches per pair, a slot move of the encoder side per stored source
+length and the resizes per segment (253 with `long_rows=0`). Programs are fetched on first use: only `compile_all`,
+`save()` and export fetch them all.
 """
 
 from __future__ import annotations
@@ -73,7 +75,8 @@ def every_program(shapes: ProgramShapes, heads: Collection[str] | None = None,
                 keys.append(DecoderKey(s, "greedy", 1, t, steps=c.decode_unroll))
     long_rows = default_long_rows(shapes) if long_rows is None else long_rows
     segments(c.batch_size, long_rows)                                                 # checks long_rows
-    split = [(t, long) for t in c.n_positions for long in c.n_positions if long >= t]   # (short, long) lengths
+    steps = shapes.slot_target_lengths()                                              # what slot steps read
+    split = [(t, long) for t in steps for long in steps if long >= t]                 # (short, long) lengths
     bucket_lengths = set(c.encoder_buckets)
     for s in c.encoder_buckets:
         keys += [SlotEncoderKey(s, rows, stored) for stored in shapes.state_source_lengths() if stored >= s
@@ -84,24 +87,28 @@ def every_program(shapes: ProgramShapes, heads: Collection[str] | None = None,
         if long_rows:
             keys += [SlotStepKey(s, head, t, long_rows, long) for t, long in split for head in SLOT_HEADS]
         elif s < shapes.max_source_length:
-            keys += [SlotStepKey(s, head, t) for t in c.n_positions for head in SLOT_HEADS]
+            keys += [SlotStepKey(s, head, t) for t in steps for head in SLOT_HEADS]
         else:  # the lockstep decoder programs, listed above, except the heads only the slot engine runs
-            keys += [SlotStepKey(s, head, t).canonical(shapes) for t in c.n_positions for head in SLOT_HEADS
-                     if head not in LOCKSTEP_HEADS]
+            keys += [SlotStepKey(s, head, t).canonical(shapes) for t in steps for head in SLOT_HEADS
+                     if head not in LOCKSTEP_HEADS or t not in c.n_positions]
     staged_lengths = sorted({shapes.staged_length(s) for s in c.encoder_buckets})
     keys += [SlotCopyKey(stored, staged) for stored in shapes.state_source_lengths() for staged in staged_lengths
              if staged <= stored]
-    source_lengths, target_lengths = shapes.state_source_lengths(), shapes.state_target_lengths()
+    source_lengths = shapes.state_source_lengths()
+    lockstep_lengths = shapes.state_target_lengths()
+    keys += [ResizeKey("target", a, b) for a in lockstep_lengths for b in lockstep_lengths if a < b]  # lockstep grows
+    slot_lengths = sorted({shapes.stored_target_length(t) for t in steps})        # the slot state's, both ways
     if long_rows:
         keys += [SlotReorderKey(t, long_rows, long) for t, long in split]
         keys += [SlotMoveCachesKey(t, long_rows, long, part) for t, long in split for part in MOVE_PARTS]
         keys += [SlotMoveKey(stored, part) for stored in source_lengths for part in MOVE_PARTS]
         for segment in segments(c.batch_size, long_rows):
-            keys += [ResizeKey("target", a, b, segment) for a in target_lengths for b in target_lengths if a != b]
+            keys += [ResizeKey("target", a, b, segment) for a in slot_lengths for b in slot_lengths if a != b]
     else:
-        keys += [SlotReorderKey(t) for t in target_lengths]
-        keys += [ResizeKey("target", a, b) for a in target_lengths for b in target_lengths if a != b]
+        keys += [SlotReorderKey(t) for t in slot_lengths]
+        keys += [ResizeKey("target", a, b) for a in slot_lengths for b in slot_lengths if a != b]
     keys += [ResizeKey("source", a, b) for a in source_lengths for b in source_lengths if a != b]  # grow and shrink
+    keys = list(dict.fromkeys(keys))                                                   # listed once, in order
     return [dataclasses.replace(key, quantized=True) for key in keys] if shapes.quantized else keys
 
 

@@ -1,13 +1,14 @@
 """The slot engine's self-attention caches split by rows into segments, each stored at its own length.
 
 On XLA CPU a decode step reads every stored position of every row's cache (`ProgramShapes.reads_stored_caches`), and
-the slot state is stored at the target bucket of its furthest active slot: one row that runs long makes every row of
+the slot state is stored at the target length of its furthest active slot: one row that runs long makes every row of
 the step read that far. Continuous batching keeps rows of every age side by side, so on a corpus a few long rows
 (lines that run to their limit) set the length for all: on the 600M corpus benchmark the steps cost 9 % more than
 lockstep's useful steps (benchmarks/RESULTS.md, stop 23). With R long rows the state keeps slots [0, B - R)
-("short") and [B - R, B) ("long") in separate tensors, each at the bucket of its own furthest row; the engine keeps
-the furthest rows in the long segment (`SlotEngine` moves a short row there when it outgrows one). A step then reads
-(B - R) x T_short + R x T_long cache positions instead of B x T_long.
+("short") and [B - R, B) ("long") in separate tensors, each at the target length of its own furthest row
+(`ProgramShapes.slot_target_lengths`: the buckets and halfway between them); the engine keeps the furthest rows in
+the long segment (`SlotEngine` moves a short row there when it outgrows one). A step then reads (B - R) x T_short +
+R x T_long cache positions instead of B x T_long.
 
     segment "short": cache_k.<i>, cache_v.<i>            [B - R, N_local, T_short, D]   slots 0 .. B-R-1
     segment "long":  long_cache_k.<i>, long_cache_v.<i>  [R, N_local, T_long, D]        slots B-R .. B-1

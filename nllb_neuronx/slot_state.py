@@ -13,16 +13,17 @@ staging area (the same tensors; one area per `ProgramShapes.staged_length`: on X
 sources encoded at a length of `ProgramShapes.stage_lengths`, finer than the buckets; elsewhere one area at the
 largest bucket), and `insert_staged()` copies a staged row into slots when they free (`slot_copy.py`). `step()` runs
 the decoder (`decoder.py`) once, one token per slot, each slot at its own position; it reads the cache up to the
-target bucket of the furthest active slot and the cross-attention K/V up to the largest source bucket among the
+target length of the furthest active slot and the cross-attention K/V up to the largest source bucket among the
 active slots. `reorder()` makes slots copies of other slots' self-attention caches (beam search,
 `slot_reorder.py`).
 
 Stored lengths (`ProgramShapes.stored_lengths`): on Neuron the largest buckets, for good (a step reads its buckets of
 them). On XLA CPU, where a step reads every stored position, the state follows what the active slots need: before a
-step it is resized (`resize.py`) to the target bucket of the furthest active slot and the largest active source
-bucket, and an insert grows the source side to the new sources' bucket where it is longer, so a step of short rows
-does not pay for a long row that has finished. There the self-attention caches are also kept in two row segments
-(`slot_segments.py`), each stored at the target bucket of its own furthest active slot (the long one at least as
+step it is resized (`resize.py`) to the target length of the furthest active slot (the target buckets and halfway
+between them, `ProgramShapes.slot_target_lengths`) and the largest active source bucket, and an insert grows the
+source side to the new sources' bucket where it is longer, so a step of short rows does not pay for a long row that
+has finished. There the self-attention caches are also kept in two row segments
+(`slot_segments.py`), each stored at the target length of its own furthest active slot (the long one at least as
 long as the short one), so a step of short rows pays for a long row that is still running only in the long segment's
 rows; `move()` swaps requests between slots (the engine keeps its furthest rows in the long segment).
 """
@@ -228,14 +229,19 @@ class SlotState:
             return {name: out[name].numpy(0) for name in ("next_token", "beam_scores", "beam_tokens", "beam_sources")}
         return out["next_token"].numpy(0).astype(np.int64)
 
+    def target_length(self, positions: int) -> int:
+        """The target length a cache segment whose furthest active slot holds `positions` is read at by a step
+        (`ProgramShapes.slot_target_lengths`: on XLA CPU finer than the target buckets, and stored at it)."""
+        return self._build_shapes.slot_target_length(positions)
+
     def _target_buckets(self, positions: np.ndarray, active: np.ndarray) -> tuple[int, ...]:
-        """The target bucket each cache segment is read at for a step writing `positions`: that of its furthest
-        active slot (the smallest bucket where none is active), the long segment's at least the short one's."""
-        bucket = self.model.compile_config.decoder_bucket
+        """The target length each cache segment is read at for a step writing `positions`: that of its furthest
+        active slot (`target_length`; the smallest where none is active), the long segment's at least the short
+        one's."""
         out = []
         for seg in self.segments:
             rows = [b for b in seg.slots if active[b]]
-            out.append(bucket(int(positions[rows].max()) + 1 if rows else 1))
+            out.append(self.target_length(int(positions[rows].max()) + 1 if rows else 1))
         return tuple(out[:1] + [max(out)] * (len(out) - 1))
 
     def reorder(self, index: np.ndarray) -> None:

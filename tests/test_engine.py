@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from nllb_neuronx import NLLBForSampling
+from nllb_neuronx.decoder_layer import ONE_ROW_COPIES_UP_TO
 from nllb_neuronx.engine import EngineClosed, GenerationRequest, QueueFull, SamplingParams, SlotEngine
 from nllb_neuronx.program_key import SlotCopyKey, SlotEncoderKey
 from nllb_neuronx.slot_state import SlotState
@@ -99,10 +100,11 @@ def test_slot_steps_match_hf_logits_with_staggered_rows_and_reused_slots(model, 
     assert not slots                                                # every line ran to its end
     assert state.insert_sizes == (1, 2, 4)
     if model.programs.build_shapes.reads_stored_caches:             # XLA CPU: the state follows the active slots
-        # a's 16 source grows the source side at its insert, its 9th position the target side; once a is done the
-        # source side shrinks (step 12), once c is done the target side too (step 13), and d grows it again
-        assert stored[:2] == [(8, 16), (8, 16)] and stored[9] == (24, 16)
-        assert stored[13:15] == [(24, 8), (8, 8)] and stored[-1] == (24, 8)
+        # a's 16 source grows the source side at its insert, its 9th position the target side (to 16, halfway
+        # between the buckets 8 and 24: `slot_target_lengths`); once a is done the source side shrinks (step 12),
+        # once c is done the target side too (step 13), and d grows it again
+        assert stored[:2] == [(8, 16), (8, 16)] and stored[9] == (16, 16)
+        assert stored[13:15] == [(16, 8), (8, 8)] and stored[-1] == (16, 8)
         # the long segment (b's slot) is stored at least as long as the short one (a slot may move into it)
         assert all(t_long >= t_short for t_long, (t_short, _) in zip(long, stored[1:]))
         assert len(state.stored_target_lengths) == 1 + split
@@ -420,7 +422,7 @@ def test_one_row_stored_past_64_positions_matches_hf(tiny_checkpoint):
     """A segment of one row stored at more than `ONE_ROW_COPIES_UP_TO` positions attends with the dots batched over
     the heads only (`layers.attention(heads_batch_only=True)`): batch-1 lockstep logits through 70 positions (stored
     at 128 from position 8 on) equal HF's, and so does every line of a slot engine whose one-row long segment runs
-    past 8 positions while the short one stays at 8."""
+    to 41 positions (stored at 72 on XLA CPU, `slot_target_lengths`) while the short one stays at 8."""
     path, hf = tiny_checkpoint
     buckets = dict(n_positions=[8, 128], encoder_buckets=[8, 16])
     rng = np.random.default_rng(3)
@@ -439,5 +441,37 @@ def test_one_row_stored_past_64_positions_matches_hf(tiny_checkpoint):
                 for r, n in zip(requests, [40, 5, 6, 4, 6])]
     with SlotEngine(model, long_slots=1) as engine:
         assert [ids.tolist() for ids in engine.generate(requests)] == [hf_line(hf, r) for r in requests]
-    assert any(key.kind == "slot_step" and key.long_len == 128 and key.target_len == 8
+    long = model.programs.build_shapes.slot_target_length(41)                 # XLA CPU 72 (halfway), else 128
+    assert long > ONE_ROW_COPIES_UP_TO
+    assert any(key.kind == "slot_step" and key.long_len == long and key.target_len == 8
                for key in model.compiled_programs)
+
+
+def test_slot_caches_are_stored_halfway_between_target_buckets(tiny_checkpoint):
+    """On XLA CPU the slot engine stores and reads its caches at the target buckets and halfway between each two
+    (`ProgramShapes.slot_target_lengths`), the lockstep path at the buckets: lines that run past the buckets beside
+    short ones, in one cache segment or two, each equal HF's alone; steps read at the halfway lengths; every program
+    fetched is listed."""
+    path, hf = tiny_checkpoint
+    model = NLLBForSampling.from_pretrained(path, batch_size=SLOTS, n_positions=[8, 24, 40],
+                                            encoder_buckets=[8, 16]).to_neuron()
+    shapes = model.programs.build_shapes
+    if not shapes.reads_stored_caches:
+        pytest.skip("the halfway lengths are XLA CPU's (elsewhere a step reads its bucket of the largest)")
+    assert shapes.slot_target_lengths() == (8, 16, 24, 32, 40)
+    assert shapes.for_backend("neuron").slot_target_lengths() == (8, 24, 40)
+    assert [shapes.slot_target_length(n) for n in (1, 8, 9, 17, 25, 40)] == [8, 8, 16, 24, 32, 40]
+    with pytest.raises(ValueError, match="exceeds the largest decoder bucket 40"):
+        shapes.slot_target_length(41)
+    requests = corpus(hf.config.vocab_size, lengths=[9, 4, 6, 5, 7, 3], seed=5)
+    requests = [GenerationRequest(r.input_ids, r.forced_bos_token_id, max_new_tokens=n)
+                for r, n in zip(requests, [30, 12, 20, 6, 14, 5])]
+    expected = [hf_line(hf, r) for r in requests]
+    for long_slots in (0, 1):
+        with SlotEngine(model, long_slots=long_slots) as engine:
+            assert [ids.tolist() for ids in engine.generate(requests)] == expected, f"long_slots={long_slots}"
+    fetched = set(model.compiled_programs)
+    read = {getattr(k, name, 0) for k in fetched if k.kind in ("slot_step", "decoder")
+            for name in ("target_len", "long_len")}
+    assert {16, 32} <= read
+    assert fetched <= {*model.programs.every_program(), *model.programs.every_program(long_rows=0)}
