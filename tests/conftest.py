@@ -6,6 +6,11 @@ import numpy as np
 import pytest
 import torch
 
+from hlo.runtime import reserve_cpu_devices
+
+# The tests make runtimes of tp 1 to 16 in one process: every virtual CPU device they need, before jax starts.
+reserve_cpu_devices(16)
+
 # Tolerances for parity with HF transformers in f32, in one table.
 TOLERANCE = {"encoder": 1e-4, "logits": 1e-4}
 

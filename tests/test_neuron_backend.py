@@ -25,13 +25,13 @@ import pytest
 import hlo
 from hlo import f32
 from hlo.proto import HloModuleProto
-from hlo.runtime import PerRank, _jaxlib, get_runtime
+from hlo.runtime import PerRank, _jaxlib, get_runtime, reserve_cpu_devices
 from hlo.runtime import neuron_platform as platform
 from hlo.runtime.neuron import CACHE_URL_ENV, NeuronRuntime
 from hlo.runtime.neuron_compile import NeffStore, NeuronCompiler, compiler_command
 from hlo.runtime.neuron_platform import GiB
 
-_jaxlib.request_cpu_devices(_jaxlib.DEFAULT_CPU_DEVICES)
+reserve_cpu_devices(16)
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,6 +15,16 @@ def neuron_available() -> bool:
     return probe().available
 
 
+def reserve_cpu_devices(count: int) -> None:
+    """Ask for `count` virtual XLA CPU devices before anything starts jax's CPU backend: for a process that will make
+    XLA CPU runtimes of several tp degrees, up to `count` (the tests). Otherwise each runtime asks for its own
+    tp_degree (at least as many as the cores) when jax starts, and a later runtime of a larger tp is refused with
+    the fix: XLA's CPU client runs one intra-op thread per device where they outnumber the cores, which slows every
+    program there (`_jaxlib.request_cpu_devices`)."""
+    from hlo.runtime import _jaxlib
+    _jaxlib.request_cpu_devices(count)
+
+
 def xla_platforms(tp_degree: int = 1) -> list[str]:
     """The XLA platforms jax sees ("cpu", "gpu"); asks for enough virtual CPU devices first."""
     from hlo.runtime import _jaxlib

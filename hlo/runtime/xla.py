@@ -108,8 +108,10 @@ class XlaRuntime(Runtime):
         devs = _jaxlib.devices(self.platform)
         if len(devs) < tp_degree:
             hint = (
-                "jax started its CPU backend before hlo could ask for more virtual devices: create the runtime "
-                f"before other jax work, or set XLA_FLAGS=--xla_force_host_platform_device_count={tp_degree}"
+                "jax started its CPU backend before hlo could ask for more virtual devices (a runtime asks for its "
+                "own tp_degree, at least as many as the cores): for runtimes of several tp degrees in one process "
+                f"call hlo.runtime.reserve_cpu_devices({tp_degree}) before the first, or create this one before "
+                f"other jax work, or set XLA_FLAGS=--xla_force_host_platform_device_count={tp_degree}"
                 if self.platform == "cpu" else f"use tp_degree <= {len(devs)} on this machine" + (
                     " (NEURON_RT_VISIBLE_CORES / NEURON_RT_NUM_CORES set how many NeuronCores this process gets)"
                     if self.platform == "neuron" else "")

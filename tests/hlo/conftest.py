@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 import hlo
-from hlo.runtime import _jaxlib, get_runtime
+from hlo.runtime import get_runtime, reserve_cpu_devices
 
-# Ask for the virtual CPU devices (16) before anything starts jax's CPU backend, so tp up to 8 always fits.
-_jaxlib.request_cpu_devices(_jaxlib.DEFAULT_CPU_DEVICES)
+# Ask for the virtual CPU devices before anything starts jax's CPU backend, so tp up to 16 always fits.
+reserve_cpu_devices(16)
 
 _RUNTIMES: dict[int, object] = {}
 

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -562,6 +568,37 @@ def test_tp_beyond_cpu_devices_after_jax_started(runtimes):
     with pytest.raises(ValueError, match=f"tp_degree={n + 1} needs {n + 1} cpu devices, but jax sees {n}"):
         get_runtime("xla-cpu", tp_degree=n + 1)
     assert len(get_runtime("xla-cpu", tp_degree=16).devices) == 16
+
+
+def test_a_runtime_asks_for_its_own_tp_and_the_cores_only():
+    """In a fresh process a tp-1 runtime starts jax's CPU backend with as many virtual devices as the cores, not more
+    (XLA runs one intra-op thread per device beyond the cores); a larger tp later is refused, naming
+    `reserve_cpu_devices`, and reserving first makes it fit."""
+    cores = len(os.sched_getaffinity(0))
+    script = textwrap.dedent(f"""\
+        import jax
+        from hlo.runtime import get_runtime, reserve_cpu_devices
+        if {{reserve}}:
+            reserve_cpu_devices({cores + 2})
+        get_runtime("xla-cpu", tp_degree=1)
+        print(len(jax.devices("cpu")))
+        try:
+            print(len(get_runtime("xla-cpu", tp_degree={cores + 2}).devices))
+        except ValueError as e:
+            print(e)
+        """)
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    for reserve in (False, True):
+        out = subprocess.run([sys.executable, "-c", script.format(reserve=reserve)], capture_output=True, text=True,
+                             env=env, cwd=Path(__file__).resolve().parents[2], timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        devices, second = out.stdout.strip().splitlines()
+        if reserve:
+            assert (devices, second) == (str(cores + 2), str(cores + 2))
+        else:
+            assert devices == str(cores)
+            assert f"needs {cores + 2} cpu devices, but jax sees {cores}" in second
+            assert f"hlo.runtime.reserve_cpu_devices({cores + 2})" in second
 
 
 def test_xla_gpu_without_gpu():
