@@ -99,8 +99,8 @@ def test_compile_all_of_one_head_covers_greedy_translation(tiny_checkpoint):
 
 def test_compile_all_lists_the_long_segment_programs_the_slot_engine_runs(tiny_checkpoint):
     """On XLA CPU a batch of 4 keeps 1 long slot (`slot_segments.py`): its split steps, reorders, moves and
-    per-segment resizes are listed, so greedy translation with a move compiles nothing more; `long_rows=0` lists the
-    programs of an unsplit state."""
+    per-segment resizes are listed, so greedy translation with a move, and lockstep sampling whose caches grow,
+    compile nothing more; `long_rows=0` lists the programs of an unsplit state."""
     path, hf = tiny_checkpoint
     model = NLLBForSampling.from_pretrained(path, batch_size=4, n_positions=[4, 8], encoder_buckets=[8]).to_neuron()
     if not model.programs.build_shapes.reads_stored_caches:
@@ -115,13 +115,14 @@ def test_compile_all_lists_the_long_segment_programs_the_slot_engine_runs(tiny_c
     for bad in (SlotMoveKey(8, "swap"), SlotMoveCachesKey(4, 1, 8, "swap")):   # a part that is not one: named
         with pytest.raises(ValueError, match=r"part must be one of \('take', 'put'\), got 'swap'"):
             bad.build(shapes)
-    ids, _ = source_batch(hf.config.vocab_size, lengths=(6, 3, 5, 4, 7, 3))
+    ids, mask = source_batch(hf.config.vocab_size, lengths=(6, 3, 5, 4, 7, 3))
     limits = (8, 2, 2, 3, 2, 2)             # line 0 outgrows bucket 4 in slot 0 and moves to slot 3 (line 3's)
     requests = [GenerationRequest(row[row != 1], 5, n) for row, n in zip(ids, limits)]
     with SlotEngine(model) as engine:
         assert engine.long_slots == 1
         list(engine.generate(requests))
         assert engine.stats().moves >= 1
+    model.sample(ids[:4], mask[:4], max_new_tokens=6, forced_bos_token_id=5)   # lockstep caches grow 4 -> 8
     assert set(model.compiled_programs) == listed                          # nothing else fetched
     unsplit = model.programs.every_program(("greedy",), long_rows=0)
     assert not [k for k in unsplit if getattr(k, "long_rows", 0) or k.kind == "slot_move"]
