@@ -6,6 +6,8 @@ Pinned against jax/jaxlib 0.10.2. The route: HloModuleProto bytes -> StableHLO (
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 import jax
@@ -20,8 +22,6 @@ XlaRuntimeError = xc.XlaRuntimeError
 _enable_x64 = getattr(jax, "enable_x64", None)
 if _enable_x64 is None:
     from jax.experimental import enable_x64 as _enable_x64
-
-import os
 
 
 def versions() -> dict[str, str]:
