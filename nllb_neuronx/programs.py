@@ -18,8 +18,8 @@ buckets (`ProgramShapes.stage_lengths`), the slot steps also halfway between tar
 (`ProgramShapes.slot_target_lengths`), the resize programs between lengths, and, with the slot engine's caches in
 two row segments (`slot_segments.py`), its steps per (short, long) pair of those target lengths at every source
 bucket, a slot reorder and a slot move of the caches per pair, a slot move of the encoder side per stored source
-length and the resizes per segment (253 with `long_rows=0`). Programs are fetched on first use: only `compile_all`,
-`save()` and export fetch them all.
+length and the resizes per segment (253 with `long_rows=0`). Programs are fetched on first use: only `compile_all`
+and `save()` fetch them all (export builds them all, compiling none).
 """
 
 from __future__ import annotations

@@ -122,7 +122,7 @@ def build_slot_move(shapes: ProgramShapes, stored: int | None = None, part: str 
                 for name in state}
 
     s = state["encoder_attention_mask"].dims[1]
-    name = f"nllb_slot_move_{part}_b{b}_s{s}{shapes.name_suffix}"
+    module_name = f"nllb_slot_move_{part}_b{b}_s{s}{shapes.name_suffix}"
     if part == "take":
-        return hlo.build(name, spec, take)
-    return hlo.build(name, spec, put, aliases={name: name for name in state})
+        return hlo.build(module_name, spec, take)
+    return hlo.build(module_name, spec, put, aliases={name: name for name in state})

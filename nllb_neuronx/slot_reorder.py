@@ -2,7 +2,8 @@
 
 Beam search reorders a request's beams: only the self-attention caches move (each layer's [B, N_local, T, D], donated
 and updated in place; on XLA CPU with the caches in one segment written to fresh buffers instead,
-`ProgramShapes.reorders_in_place`), as a request's beams share one source and so their cross-attention K/V are equal already.
+`ProgramShapes.reorders_in_place`), as a request's beams share one source and so their cross-attention K/V are equal
+already.
 Slots outside a beam request keep themselves (index[b] = b). With the caches in two row segments
 (`slot_segments.py`), a slot may take a slot of the other segment: that cache is cut or zero-padded to its new
 segment's length first (the engine moves a row only into a segment stored past its position, so only positions no
