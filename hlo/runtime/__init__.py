@@ -20,8 +20,18 @@ def reserve_cpu_devices(count: int) -> None:
     XLA CPU runtimes of several tp degrees, up to `count` (the tests). Otherwise each runtime asks for its own
     tp_degree (at least as many as the cores) when jax starts, and a later runtime of a larger tp is refused with
     the fix: XLA's CPU client runs one intra-op thread per device where they outnumber the cores, which slows every
-    program there (`_jaxlib.request_cpu_devices`)."""
+    program there (`_jaxlib.request_cpu_devices`). Called once jax's CPU backend runs with fewer devices, it is an
+    error naming them (asking then would change nothing)."""
     from hlo.runtime import _jaxlib
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ValueError(f"reserve_cpu_devices needs a positive number of devices, got {count!r}")
+    if _jaxlib.backends_started():
+        have = len(_jaxlib.devices("cpu"))
+        if have < count:
+            raise ValueError(f"jax's CPU backend already runs with {have} devices, fewer than the {count} asked for: "
+                             "call reserve_cpu_devices before any runtime or other jax work in this process, or set "
+                             f"XLA_FLAGS=--xla_force_host_platform_device_count={count}")
+        return
     _jaxlib.request_cpu_devices(count)
 
 

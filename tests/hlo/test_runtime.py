@@ -14,7 +14,7 @@ import pytest
 import hlo
 import hlo.runtime.xla as xla_runtime
 from hlo import bf16, f32, s32, u32
-from hlo.runtime import PerRank, RuntimeInputError, get_runtime
+from hlo.runtime import PerRank, RuntimeInputError, get_runtime, reserve_cpu_devices
 from hlo.runtime.xla import XlaRuntime
 
 TPS = [1, 2, 4, 8]
@@ -573,7 +573,7 @@ def test_tp_beyond_cpu_devices_after_jax_started(runtimes):
 def test_a_runtime_asks_for_its_own_tp_and_the_cores_only():
     """In a fresh process a tp-1 runtime starts jax's CPU backend with as many virtual devices as the cores, not more
     (XLA runs one intra-op thread per device beyond the cores); a larger tp later is refused, naming
-    `reserve_cpu_devices`, and reserving first makes it fit."""
+    `reserve_cpu_devices`, and reserving first makes it fit; reserving once jax runs with fewer devices is refused."""
     cores = len(os.sched_getaffinity(0))
     script = textwrap.dedent(f"""\
         import jax
@@ -586,19 +586,31 @@ def test_a_runtime_asks_for_its_own_tp_and_the_cores_only():
             print(len(get_runtime("xla-cpu", tp_degree={cores + 2}).devices))
         except ValueError as e:
             print(e)
+        try:
+            reserve_cpu_devices({cores + 4})               # too late: jax runs already
+        except ValueError as e:
+            print(e)
         """)
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     for reserve in (False, True):
         out = subprocess.run([sys.executable, "-c", script.format(reserve=reserve)], capture_output=True, text=True,
                              env=env, cwd=Path(__file__).resolve().parents[2], timeout=120)
         assert out.returncode == 0, out.stderr[-2000:]
-        devices, second = out.stdout.strip().splitlines()
+        devices, second, late = out.stdout.strip().splitlines()
+        assert late.startswith(f"jax's CPU backend already runs with {cores + 2 if reserve else cores} devices, "
+                               f"fewer than the {cores + 4} asked for: call reserve_cpu_devices before")
         if reserve:
             assert (devices, second) == (str(cores + 2), str(cores + 2))
         else:
             assert devices == str(cores)
             assert f"needs {cores + 2} cpu devices, but jax sees {cores}" in second
             assert f"hlo.runtime.reserve_cpu_devices({cores + 2})" in second
+
+
+@pytest.mark.parametrize("count", [0, -1, 2.0, True, "4"])
+def test_reserve_cpu_devices_names_a_bad_count(count):
+    with pytest.raises(ValueError, match="reserve_cpu_devices needs a positive number of devices"):
+        reserve_cpu_devices(count)
 
 
 def test_xla_gpu_without_gpu():
